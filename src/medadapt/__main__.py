@@ -1,0 +1,3 @@
+from medadapt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Hugging Face ``CLIPModel`` family: PLIP (``vinid/plip``), MONET (``suinleelab/monet``),
+``openai/clip-vit-base-patch16``, the shipped ``synthpath-clip``, any local CLIPModel folder.
+
+Hub ids and local folders take the same path: ``CLIPModel.from_pretrained`` +
+``AutoTokenizer`` / ``AutoImageProcessor.from_pretrained``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torchvision import transforms as T
+
+from medadapt.backbones.base import Backbone
+from medadapt.errors import UserError
+
+
+def transforms_from_image_processor(ip, train: bool = False):
+    """torchvision equivalent of ``CLIPImageProcessor`` (resize shortest edge, center crop,
+    normalise); the train variant uses a random resized crop and flip, as CoOp does."""
+    size = ip.size.get("shortest_edge") or ip.size.get("height") or 224
+    crop = ip.crop_size.get("height", size) if getattr(ip, "crop_size", None) else size
+    norm = T.Normalize(ip.image_mean, ip.image_std)
+    if train:
+        return T.Compose([T.RandomResizedCrop(crop, scale=(0.5, 1.0),
+                                              interpolation=T.InterpolationMode.BICUBIC),
+                          T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+                      T.CenterCrop(crop), T.ToTensor(), norm])
+
+
+class HFCLIPBackbone(Backbone):
+    family = "hf_clip"
+
+    def __init__(self, model: nn.Module, tokenizer, image_processor, name: str, source: str):
+        super().__init__(name, source)
+        self.model = model
+        self._tok = tokenizer
+        self.preprocess = transforms_from_image_processor(image_processor)
+        self.train_preprocess = transforms_from_image_processor(image_processor, train=True)
+        tc, vc = model.config.text_config, model.config.vision_config
+        self.image_size = int(vc.image_size)
+        self.context_length = int(tc.max_position_embeddings)
+        self.text_width = int(tc.hidden_size)
+        self.vision_width = int(vc.hidden_size)
+        self.embed_dim = int(model.config.projection_dim)
+        self.freeze()
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self._tok(list(texts), padding="max_length", truncation=True,
+                         max_length=self.context_length, return_tensors="pt").input_ids
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.model.text_model.embeddings.token_embedding
+
+    def special_token_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        special = torch.tensor(sorted(set(self._tok.all_special_ids)), device=ids.device)
+        return torch.isin(ids, special)
+
+    def eos_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        eos = self.model.config.text_config.eos_token_id
+        if eos == 2:  # legacy configs: the end token has the highest id (transformers does this)
+            return ids.argmax(-1)
+        return (ids == eos).int().argmax(-1)
+
+    def text_blocks(self) -> list[nn.Module]:
+        return list(self.model.text_model.encoder.layers)
+
+    def vision_blocks(self) -> list[nn.Module]:
+        return list(self.model.vision_model.encoder.layers)
+
+    def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_image_features(pixel_values=pixels)
+        return out if torch.is_tensor(out) else out.pooler_output
+
+    def _encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_text_features(input_ids=ids)
+        return out if torch.is_tensor(out) else out.pooler_output
+
+    def _logit_scale_param(self) -> torch.Tensor:
+        return self.model.logit_scale
+
+
+def load_hf_clip(source: str, name: str | None = None, device: str = "cpu",
+                 cache_dir: str | None = None) -> HFCLIPBackbone:
+    """``source``: a hub id (``vinid/plip``) or a local folder saved with ``save_pretrained``."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    try:
+        model = CLIPModel.from_pretrained(source, cache_dir=cache_dir)
+        tok = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir)
+        ip = AutoImageProcessor.from_pretrained(source, cache_dir=cache_dir)
+    except Exception as e:
+        raise UserError(
+            f"cannot load Hugging Face CLIP model {source!r} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); without internet, download the "
+            "repository (config.json, model.safetensors, tokenizer and preprocessor files) into a "
+            "folder and pass --backbone hf:PATH, or pre-fill the Hugging Face cache and set "
+            "HF_HUB_OFFLINE=1") from None
+    return HFCLIPBackbone(model.to(device), tok, ip, name or source, source)

@@ -1,0 +1,212 @@
+"""The ``medadapt`` command line. Thin: parse, resolve config, call the engine, print.
+
+Every error a user can cause ends with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+from medadapt import __version__
+from medadapt.errors import UserError
+
+# sub-packages that add their own sub-commands with ``add_parser(subparsers)``
+PLUGINS = ("medadapt.synth.cli", "medadapt.instruct.cli", "medadapt.report.cli", "medadapt.demo")
+
+EPILOG = """examples:
+  medadapt backbones
+  medadapt fit --backbone plip --dataset kather2016 --method coop --shots 16 --seeds 1 2 3 --out runs/coop
+  medadapt fit --backbone tiny-hf-clip --dataset folder:../shared/data/crc-val-he-7k-sample \\
+               --method linear-probe --shots 2 --seeds 1 2 --out runs/lp
+  medadapt eval --run runs/lp
+  medadapt predict --run runs/lp tile1.png tiles/ --out preds.csv
+"""
+
+
+class _Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        self.print_usage(sys.stderr)
+        print(f"medadapt: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _list(kind: str) -> int:
+    if kind == "backbones":
+        from medadapt.backbones import BACKBONES
+        print(f"{'name':20} {'family':10} {'image':>5} {'ctx':>4}  {'source':62} license / note")
+        for name, s in BACKBONES.items():
+            print(f"{name:20} {s.family:10} {s.image_size:>5} {s.context_length:>4}  {s.source:62} "
+                  f"{s.license}; {s.note}")
+    elif kind == "datasets":
+        from medadapt.data.sources import DATASETS, _ensure_registered
+        _ensure_registered()
+        print(f"{'name':18} {'classes':>7}  {'modality':16} source")
+        for name, d in DATASETS.items():
+            how = "generated offline" if not d.needs_root else (d.homepage or d.manual[:60])
+            print(f"{name:18} {len(d.classnames):>7}  {d.modality:16} {how}")
+        print("\nalso: folder:PATH (one sub-folder per class), csv:PATH (path,label[,split][,concepts]),"
+              " npz:PATH (MedMNIST layout)")
+    else:
+        from medadapt.methods import METHODS, load_all
+        load_all()
+        print(f"{'name':16} {'trains':6} {'images':6} {'novel':5}  paper")
+        for name, m in METHODS.items():
+            print(f"{name:16} {'yes' if m.trainable else 'no':6} {'yes' if m.needs_images else 'cache':6} "
+                  f"{'yes' if m.supports_novel else 'no':5}  {m.paper}")
+    return 0
+
+
+def _fit_config(args) -> dict:
+    from medadapt.config import apply_sets, load_yaml
+    cfg = load_yaml(args.config) if args.config else {}
+    for key in ("backbone", "dataset"):
+        if getattr(args, key):
+            cfg[key] = getattr(args, key)
+    if args.method:
+        m = cfg.get("method") or {}
+        cfg["method"] = dict(m, name=args.method) if isinstance(m, dict) else {"name": args.method}
+    if args.shots is not None:
+        cfg["shots"] = args.shots
+    if args.seeds:
+        cfg["seeds"] = args.seeds
+    if args.base_to_novel:
+        cfg["protocol"] = "base-to-novel"
+    if args.device:
+        cfg["device"] = args.device
+    data = cfg.setdefault("data", {})
+    if args.skip_bad:
+        data["skip_bad"] = True
+    if args.allow_fewer:
+        data["allow_fewer"] = True
+    return apply_sets(cfg, args.set)
+
+
+def _cmd_fit(args) -> int:
+    from medadapt.engine.runner import Runner
+    if args.overwrite and args.resume:
+        raise UserError("--overwrite and --resume exclude each other")
+    cfg = _fit_config(args)
+    res = Runner(cfg, args.out, overwrite=args.overwrite, resume=args.resume, quiet=args.quiet,
+                 progress=not args.quiet).run()
+    rs = res["results"]
+    for r in rs:
+        m = r["metrics"]
+        extra = f"  HM {r['hm']:.4f}" if r.get("hm") is not None else ""
+        print(f"seed {r['seed']}: accuracy {m['accuracy']:.4f}  balanced {m['balanced_accuracy']:.4f}"
+              f"  macro-F1 {m['macro_f1']:.4f}{extra}")
+    if len(rs) > 1:
+        import numpy as np
+        acc = [r["metrics"]["accuracy"] for r in rs]
+        print(f"mean accuracy {np.mean(acc):.4f} ± {np.std(acc):.4f} over {len(rs)} seeds")
+    print(f"run folder: {res['out']}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from medadapt.engine.runner import evaluate_run
+    out = evaluate_run(args.run, args.dataset, progress=not args.quiet)
+    m = out["metrics"]
+    print(json.dumps({k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "n")},
+                     indent=1))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from medadapt.engine.runner import predict_paths
+    out = predict_paths(args.run, args.inputs, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="medadapt", formatter_class=_Fmt, epilog=EPILOG,
+                description="Adapt medical vision-language models (PLIP, BiomedCLIP, QuiltNet, "
+                            "CONCH, MONET, any CLIP) to clinical image tasks with few labels.")
+    p.add_argument("--version", action="version", version=f"medadapt {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for kind, helptext in (("backbones", "list registered backbones (source id, image size, "
+                                         "context length, license)"),
+                           ("datasets", "list registered data sets"),
+                           ("methods", "list registered adaptation methods")):
+        sp = sub.add_parser(kind, help=helptext, description=helptext, formatter_class=_Fmt)
+        sp.set_defaults(func=lambda a, k=kind: _list(k))
+
+    f = sub.add_parser("fit", help="train and evaluate a method over one or more seeds",
+                       formatter_class=_Fmt, epilog=EPILOG,
+                       description="Sample K shots per class (seeded), train the method, evaluate "
+                                   "on the test split, and write a run folder (config.yaml, "
+                                   "fewshot.json, results.json, params.safetensors, log.txt; "
+                                   "seed<N>/ and summary.json for several seeds).")
+    f.add_argument("--backbone", help="registered alias (see `medadapt backbones`), open_clip:SRC, "
+                                      "hf:SRC or a local model folder")
+    f.add_argument("--dataset", help="registered name, folder:PATH, csv:PATH or npz:PATH")
+    f.add_argument("--method", help="method name (see `medadapt methods`)")
+    f.add_argument("--shots", type=int, default=None, help="K training images per class "
+                   "(default 16; 0 = all)")
+    f.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 1)")
+    f.add_argument("--out", required=True, help="run folder to create")
+    f.add_argument("--config", help="YAML config file (flags and --set override it)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=0.002 --set method.n_ctx=4")
+    f.add_argument("--base-to-novel", action="store_true",
+                   help="train on base classes, report base / novel accuracy and their HM")
+    f.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
+    f.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+    f.add_argument("--allow-fewer", action="store_true",
+                   help="allow classes with fewer than K training images")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    f.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run folder (finished seeds are kept)")
+    f.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    f.set_defaults(func=_cmd_fit)
+
+    e = sub.add_parser("eval", help="evaluate a finished run on its test split or another data set",
+                       formatter_class=_Fmt)
+    e.add_argument("--run", required=True, help="run folder written by `medadapt fit`")
+    e.add_argument("--dataset", default=None, help="data set spec (default: the run's)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="class probabilities for images -> CSV", formatter_class=_Fmt)
+    pr.add_argument("--run", required=True, help="run folder written by `medadapt fit`")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", default=None, help="CSV to write (default: RUN/predictions.csv)")
+    pr.set_defaults(func=_cmd_predict)
+
+    for mod in PLUGINS:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as err:
+            if err.name and mod.startswith(err.name):
+                continue  # that part of medadapt is not present
+            raise
+        m.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"medadapt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medadapt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

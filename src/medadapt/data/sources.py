@@ -1,0 +1,257 @@
+"""Data set specs -> :class:`DataSet`.
+
+``folder:PATH`` (one sub-folder per class), ``csv:PATH`` (columns path,label[,split][,concepts]),
+``npz:PATH`` (MedMNIST layout), or a registered name (``kather2016``, ``synth-crc``, ...), optionally
+with a local root: ``kather2016:/data/Kather_texture_2016_image_tiles_5000``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from medadapt.data.dataset import (DataSet, Record, array_to_rgb, files_fingerprint, open_rgb,
+                                   stratified_split)
+from medadapt.errors import UserError
+from medadapt.registry import Registry
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+CONCEPT_SEP = ";"
+
+# MedMNIST label names (medmnist INFO, v2/v3), used when an npz file's stem names its flavour.
+MEDMNIST_CLASSES: dict[str, list[str]] = {
+    "pathmnist": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+                  "normal colon mucosa", "cancer-associated stroma",
+                  "colorectal adenocarcinoma epithelium"],
+    "bloodmnist": ["basophil", "eosinophil", "erythroblast", "immature granulocytes",
+                   "lymphocyte", "monocyte", "neutrophil", "platelet"],
+    "dermamnist": ["actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+                   "benign keratosis-like lesions", "dermatofibroma", "melanoma",
+                   "melanocytic nevi", "vascular lesions"],
+    "pneumoniamnist": ["normal", "pneumonia"],
+    "breastmnist": ["malignant", "normal or benign"],
+    "octmnist": ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"],
+    "retinamnist": ["grade 0", "grade 1", "grade 2", "grade 3", "grade 4"],
+    "organamnist": ["bladder", "femur left", "femur right", "heart", "kidney left",
+                    "kidney right", "liver", "lung left", "lung right", "pancreas", "spleen"],
+}
+
+
+@dataclass
+class DatasetInfo:
+    """A registered data set: canonical class names, where it comes from, how to parse it.
+
+    ``build(root, **options) -> DataSet`` parses the data set's real on-disk layout under ``root``
+    (or generates it, for the synthetic world). ``files`` lists downloadable archives as
+    ``{"url": ..., "sha256": ..., "filename": ...}``; when empty, ``manual`` says how to obtain
+    the data by hand.
+    """
+
+    name: str
+    classnames: list[str]
+    build: Callable[..., DataSet]
+    task: str = "classification"
+    modality: str = "histopathology"
+    organ: str = ""
+    license: str = ""
+    homepage: str = ""
+    citation: str = ""
+    files: list[dict] = field(default_factory=list)
+    manual: str = ""
+    template_set: str = "histopathology"
+    descriptions: str | None = None  # file name in medadapt/data/descriptions/
+    hierarchy: str | None = None  # class-concept hierarchy file name, if any
+    base_classes: list[str] | None = None  # for base-to-novel, when the paper fixes them
+    needs_root: bool = True  # False for generated data sets
+
+
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+
+
+def data_home() -> Path:
+    """Where registered data sets live by default: ``$MEDADAPT_DATA`` or ~/.cache/medadapt/data."""
+    return Path(os.environ.get("MEDADAPT_DATA", Path.home() / ".cache" / "medadapt" / "data"))
+
+
+def cache_home() -> Path:
+    """Where caches live: ``$MEDADAPT_CACHE`` or ~/.cache/medadapt."""
+    return Path(os.environ.get("MEDADAPT_CACHE", Path.home() / ".cache" / "medadapt"))
+
+
+def _ensure_registered() -> None:
+    # Import the modules that register data sets (benchmarks and the synthetic world).
+    import importlib
+    for mod in ("medadapt.data.benchmarks", "medadapt.synth.datasets"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # a module not written yet, not a missing dependency
+            if e.name != mod:
+                raise
+
+
+def load_dataset(spec: str, **options) -> DataSet:
+    """Resolve a data set spec; every user mistake is a one-line ``UserError``."""
+    kind, _, rest = spec.partition(":")
+    if kind == "folder":
+        return from_folder(rest)
+    if kind == "csv":
+        return from_csv(rest)
+    if kind == "npz":
+        return from_npz(rest)
+    _ensure_registered()
+    info = DATASETS.get(kind)
+    if rest:
+        root = Path(rest)
+    elif info.needs_root:
+        root = data_home() / info.name
+    else:
+        root = None
+    if root is not None and not root.exists():
+        how = info.manual or "see `medadapt datasets` for the download"
+        raise UserError(f"data set {info.name!r} not found at {root}; {how} "
+                        f"(or pass {info.name}:PATH, or set MEDADAPT_DATA)")
+    ds = info.build(root, **options)
+    ds.meta.setdefault("template_set", info.template_set)
+    if info.descriptions:
+        ds.meta.setdefault("descriptions", info.descriptions)
+    if info.hierarchy:
+        ds.meta.setdefault("hierarchy", info.hierarchy)
+    if info.base_classes:
+        ds.meta.setdefault("base_classes", info.base_classes)
+    return ds
+
+
+def _require_dir(path: str, what: str) -> Path:
+    if not path:
+        raise UserError(f"{what}: missing path (write {what}:PATH)")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{what} path not found: {p}")
+    return p
+
+
+def pretty_classname(name: str) -> str:
+    return name.replace("_", " ").strip()
+
+
+def from_folder(path: str, classnames: dict[str, str] | None = None, name: str | None = None,
+                split_seed: int = 0) -> DataSet:
+    """One sub-folder per class. Optional ``train/val/test`` level above the class folders."""
+    root = _require_dir(path, "folder")
+    if not root.is_dir():
+        raise UserError(f"folder data set must be a directory: {root}")
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    split_layout = bool(subdirs) and set(subdirs) <= {"train", "val", "test"} and "test" in subdirs
+    entries: list[tuple[str, str, str | None]] = []  # (rel path, class folder, split)
+    if split_layout:
+        for split in subdirs:
+            for cdir in sorted(d for d in (root / split).iterdir() if d.is_dir()):
+                for f in sorted(cdir.iterdir()):
+                    if f.suffix.lower() in IMAGE_EXTS:
+                        entries.append((f"{split}/{cdir.name}/{f.name}", cdir.name, split))
+    else:
+        for cname in subdirs:
+            for f in sorted((root / cname).rglob("*")):
+                if f.suffix.lower() in IMAGE_EXTS and f.is_file():
+                    entries.append((str(f.relative_to(root)), cname, None))
+    folders = sorted({c for _, c, _ in entries})
+    if not folders:
+        raise UserError(f"no class sub-folders with images found in {root} "
+                        f"(expected {root}/<class>/<image>.png)")
+    label_of = {c: i for i, c in enumerate(folders)}
+    names = [(classnames or {}).get(c, pretty_classname(c)) for c in folders]
+    splits: list[str | None] = [s for _, _, s in entries]
+    if not split_layout:
+        labels = np.array([label_of[c] for _, c, _ in entries])
+        splits = stratified_split(labels, seed=split_seed)
+    records = [Record(id=p, label=label_of[c], split=s) for (p, c, _), s in zip(entries, splits)]
+    rootstr = str(root)
+    return DataSet(name=name or f"folder:{root.name}", classnames=names, records=records,
+                   loader=lambda r: open_rgb(os.path.join(rootstr, r.id)),
+                   fingerprint=files_fingerprint(rootstr, [r.id for r in records]),
+                   root=rootstr, meta={"folders": folders})
+
+
+def from_csv(path: str, name: str | None = None, split_seed: int = 0) -> DataSet:
+    """CSV with a header: ``path,label[,split][,concepts]``; paths relative to the CSV's folder;
+    concepts separated by ``;`` (multi-label allowed)."""
+    f = _require_dir(path, "csv")
+    with open(f, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        if not {"path", "label"} <= cols:
+            raise UserError(f"{f}: CSV needs a header with columns path,label[,split][,concepts]; "
+                            f"found {sorted(cols)}")
+        rows = list(reader)
+    if not rows:
+        raise UserError(f"{f}: CSV has no rows")
+    classes = sorted({r["label"] for r in rows})
+    label_of = {c: i for i, c in enumerate(classes)}
+    has_split = "split" in cols and all(r.get("split") for r in rows)
+    for lineno, r in enumerate(rows, start=2):
+        if has_split and r["split"] not in ("train", "val", "test"):
+            raise UserError(f"{f}:{lineno}: split must be train, val or test, got {r['split']!r}")
+        if not r["path"]:
+            raise UserError(f"{f}:{lineno}: empty path")
+    splits = ([r["split"] for r in rows] if has_split else
+              stratified_split(np.array([label_of[r["label"]] for r in rows]), seed=split_seed))
+    records = []
+    for r, s in zip(rows, splits):
+        concepts = tuple(c.strip() for c in (r.get("concepts") or "").split(CONCEPT_SEP) if c.strip())
+        records.append(Record(id=r["path"], label=label_of[r["label"]], split=s, concepts=concepts,
+                              domain=(r.get("domain") or None)))
+    base = str(f.parent)
+    return DataSet(name=name or f"csv:{f.stem}", classnames=[pretty_classname(c) for c in classes],
+                   records=records, loader=lambda r: open_rgb(os.path.join(base, r.id)),
+                   fingerprint=files_fingerprint(base, [f.name] + [r.id for r in records]),
+                   root=base)
+
+
+def from_npz(path: str, classnames: list[str] | None = None, name: str | None = None) -> DataSet:
+    """MedMNIST layout: ``{train,val,test}_images`` (N,H,W[,3] uint8) and ``*_labels`` (N,1)."""
+    f = _require_dir(path, "npz")
+    try:
+        z = np.load(f, allow_pickle=False)
+        arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile.BadZipFile, ValueError, OSError ...
+        raise UserError(f"cannot read npz file {f}: {type(e).__name__}: {e}") from None
+    splits = [s for s in ("train", "val", "test") if f"{s}_images" in arrays]
+    if not splits or any(f"{s}_labels" not in arrays for s in splits):
+        raise UserError(f"{f}: not a MedMNIST-layout npz (needs train/val/test _images and "
+                        f"_labels; found {sorted(arrays)})")
+    records, images = [], {}
+    all_labels = []
+    for s in splits:
+        imgs, labels = arrays[f"{s}_images"], arrays[f"{s}_labels"]
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            raise UserError(f"{f}: multi-label npz ({s}_labels shape {labels.shape}) is not "
+                            "supported for single-label classification")
+        labels = labels.reshape(-1).astype(np.int64)
+        if len(imgs) != len(labels):
+            raise UserError(f"{f}: {s}_images and {s}_labels differ in length")
+        images[s] = imgs
+        all_labels.append(labels)
+        records += [Record(id=f"{s}/{i}", label=int(y), split=s) for i, y in enumerate(labels)]
+    n_classes = int(max(l.max() for l in all_labels)) + 1
+    stem = f.stem.split("_")[0].lower()
+    names = classnames or MEDMNIST_CLASSES.get(stem)
+    if names is None or len(names) < n_classes:
+        names = [f"class {i}" for i in range(n_classes)]
+
+    def loader(r: Record):
+        s, i = r.id.split("/")
+        return array_to_rgb(images[s][int(i)])
+
+    import hashlib
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return DataSet(name=name or f"npz:{f.stem}", classnames=list(names), records=records,
+                   loader=loader, fingerprint=h.hexdigest(), root=str(f.parent),
+                   meta={"template_set": "radiology" if stem in ("pneumoniamnist",) else
+                         "histopathology"})

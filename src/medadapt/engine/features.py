@@ -1,0 +1,125 @@
+"""Feature cache for frozen image encoders.
+
+Key = backbone weights hash + transform (+ augmented view) + data set content fingerprint. Each key
+owns one safetensors file holding the features of every item encoded so far, with the item ids in
+its metadata; new items are encoded and merged in, so train subsets of other seeds and the shared
+test set are encoded once and reused across methods and seeds. A changed file (size / mtime /
+bytes) changes the fingerprint and so the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from medadapt.data.dataset import DataSet
+from medadapt.data.sources import cache_home
+from medadapt.errors import UserError
+
+
+def _seed_for(item_id: str, view: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{item_id}|{view}".encode()).digest()[:8], "little") % (2**63)
+
+
+class _ImageDS(torch.utils.data.Dataset):
+    def __init__(self, ds: DataSet, idx: Sequence[int], transform, view: int, skip_bad: bool):
+        self.ds, self.idx, self.t, self.view, self.skip_bad = ds, list(idx), transform, view, skip_bad
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, j):
+        i = self.idx[j]
+        try:
+            img = self.ds.load_image(i)
+        except UserError:
+            if not self.skip_bad:
+                raise
+            return None, j
+        if self.view > 0:  # seeded augmentation: the same view of an item is identical everywhere
+            torch.manual_seed(_seed_for(self.ds.records[i].id, self.view))
+        return self.t(img), j
+
+
+def _collate(items):
+    ok = [(x, j) for x, j in items if x is not None]
+    bad = [j for x, j in items if x is None]
+    xs = torch.stack([x for x, _ in ok]) if ok else None
+    return xs, [j for _, j in ok], bad
+
+
+class FeatureCache:
+    def __init__(self, root: str | Path | None = None, enabled: bool = True):
+        self.root = Path(root) if root else cache_home() / "features"
+        self.enabled = enabled
+
+    def key(self, backbone, ds: DataSet, view: int) -> str:
+        t = backbone.train_preprocess if view > 0 else backbone.preprocess
+        h = hashlib.sha256()
+        for part in (backbone.fingerprint(), repr(t), ds.fingerprint, f"view={view}"):
+            h.update(part.encode())
+        return h.hexdigest()[:32]
+
+    def _load(self, path: Path) -> tuple[dict[str, int], torch.Tensor | None]:
+        if not path.exists():
+            return {}, None
+        with safe_open(str(path), framework="pt") as f:
+            ids = json.loads(f.metadata()["ids"])
+            feats = f.get_tensor("features")
+        return {k: i for i, k in enumerate(ids)}, feats
+
+    def encode(self, backbone, ds: DataSet, idx: Sequence[int], view: int = 0,
+               batch_size: int = 64, workers: int = 0, skip_bad: bool = False,
+               progress: bool = True, desc: str = "encoding images") -> tuple[torch.Tensor, list[int]]:
+        """Features ``[len(ok), D]`` (float32, raw) for ``idx`` and the list of bad indices
+        (unreadable images, only with ``skip_bad``)."""
+        idx = list(idx)
+        path = self.root / f"{self.key(backbone, ds, view)}.safetensors"
+        pos, cached = self._load(path) if self.enabled else ({}, None)
+        ids = [ds.records[i].id for i in idx]
+        missing = [j for j, k in enumerate(ids) if k not in pos]
+        new_feats: dict[int, torch.Tensor] = {}
+        bad: list[int] = []
+        if missing:
+            t = backbone.train_preprocess if view > 0 else backbone.preprocess
+            loader = torch.utils.data.DataLoader(
+                _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad), batch_size=batch_size,
+                num_workers=workers, collate_fn=_collate)
+            dev = backbone.device
+            use_amp = dev.type == "cuda"
+            with torch.inference_mode(), tqdm(total=len(missing), desc=desc, disable=not progress,
+                                              leave=False) as bar:
+                for xs, js, bad_js in loader:
+                    bad += [idx[missing[j]] for j in bad_js]
+                    if xs is not None:
+                        with torch.autocast(dev.type, enabled=use_amp):
+                            f = backbone.encode_image(xs.to(dev, non_blocking=True), normalize=False)
+                        for j, row in zip(js, f.float().cpu()):
+                            new_feats[missing[j]] = row
+                    bar.update(len(js) + len(bad_js))
+            if self.enabled and new_feats:
+                self._merge_save(path, pos, cached, {ids[j]: v for j, v in new_feats.items()})
+        rows = []
+        bad_set = set(bad)
+        for j, i in enumerate(idx):
+            if i in bad_set:
+                continue
+            rows.append(new_feats[j] if j in new_feats else cached[pos[ids[j]]])
+        dim = backbone.embed_dim
+        return (torch.stack(rows) if rows else torch.empty(0, dim)), bad
+
+    def _merge_save(self, path: Path, pos, cached, new: dict[str, torch.Tensor]) -> None:
+        ids = list(pos) + list(new)
+        parts = ([cached] if cached is not None else []) + [torch.stack(list(new.values()))]
+        feats = torch.cat(parts).contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"features": feats}, str(tmp), metadata={"ids": json.dumps(ids)})
+        os.replace(tmp, path)

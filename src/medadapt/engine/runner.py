@@ -1,0 +1,469 @@
+"""fit / eval / predict: from a resolved config to a run folder (DESIGN.md contracts).
+
+Run folder: ``config.yaml``, ``classes.json``, and per seed ``fewshot.json``, ``results.json``,
+``params.safetensors``, ``log.txt`` (in ``seed<N>/`` when several seeds, plus ``summary.json``).
+Every input is validated (data set, backbone, class texts, K shots for every seed) before the folder
+is created; a user error after that removes what this call created, so nothing is half-written.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+import medadapt
+from medadapt.config import DEFAULTS, deep_update, dump_yaml, load_yaml
+from medadapt.data.dataset import DataSet
+from medadapt.data.fewshot import (base_novel_split, fraction_subset, ids_to_indices, load_fewshot,
+                                   sample_fewshot, save_fewshot)
+from medadapt.data.sources import load_dataset
+from medadapt.data.texts import ClassTexts, load_class_texts, shipped_descriptions
+from medadapt.engine.features import FeatureCache
+from medadapt.engine.train import Engine, Split
+from medadapt.errors import UserError
+from medadapt.methods import Batch, Method, get_method
+from medadapt.metrics import classification_metrics, harmonic_mean
+
+CORE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available")
+    return name
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def atomic_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+class RunLog:
+    def __init__(self, path: Path | None, quiet: bool = False):
+        self.path, self.quiet = path, quiet
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        if not self.quiet:
+            print(line, file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------
+def resolve(cfg: dict) -> dict:
+    """Fill defaults (global, then the method's paper defaults) under the user's settings."""
+    cfg = deep_update(DEFAULTS, cfg)
+    for key in ("backbone", "dataset"):
+        if not cfg.get(key):
+            raise UserError(f"missing --{key}")
+    name = (cfg.get("method") or {}).get("name")
+    if not name:
+        raise UserError("missing --method (see `medadapt methods`)")
+    cls = get_method(name)
+    cfg["method"] = {**cls.defaults, **cfg["method"]}
+    from medadapt.engine.train import TRAIN_DEFAULTS
+    cfg["train"] = {**TRAIN_DEFAULTS, **cls.train_defaults, **cfg.get("train", {})}
+    if cfg["protocol"] not in ("few-shot", "base-to-novel", "cross-domain"):
+        raise UserError(f"unknown protocol {cfg['protocol']!r}; valid: few-shot, base-to-novel, "
+                        "cross-domain")
+    if not cfg["seeds"]:
+        raise UserError("give at least one seed")
+    return cfg
+
+
+def class_texts_for(cfg: dict, ds: DataSet, classnames: list[str], needs: bool) -> ClassTexts:
+    t = cfg["texts"]
+    desc = t.get("descriptions")
+    if desc is None and ds.meta.get("descriptions"):
+        shipped = shipped_descriptions(ds.meta["descriptions"])
+        desc = str(shipped) if shipped.exists() else None
+    return load_class_texts(classnames, t.get("template_set") or ds.meta.get("template_set",
+                                                                          "histopathology"),
+                            desc, t.get("templates"), require_descriptions=needs)
+
+
+class Prepared:
+    """Everything validated before a run folder is touched."""
+
+    def __init__(self, cfg: dict, quiet: bool = False):
+        self.cfg = cfg
+        self.quiet = quiet
+        self.method_cls: type[Method] = get_method(cfg["method"]["name"])
+        self.ds = load_dataset(cfg["dataset"])
+        d = cfg["data"]
+        self.texts = class_texts_for(cfg, self.ds, self.ds.classnames, self.method_cls.needs_descriptions)
+        self.protocol = cfg["protocol"]
+        all_classes = list(range(self.ds.num_classes))
+        self.train_classes = all_classes
+        self.novel_classes: list[int] = []
+        self.train_domain = None
+        if self.protocol == "base-to-novel":
+            base = d.get("base") or self.ds.meta.get("base_classes")
+            self.train_classes, self.novel_classes = base_novel_split(self.ds.classnames, base,
+                                                                      d.get("novel"))
+        elif self.protocol == "cross-domain":
+            doms = self.ds.domains()
+            if len(doms) < 2:
+                raise UserError(f"cross-domain protocol needs a data set with several domains; "
+                                f"{self.ds.name} has {doms or 'none'}")
+            self.train_domain = d.get("train_domain") or doms[0]
+            if self.train_domain not in doms:
+                raise UserError(f"unknown train domain {self.train_domain!r}; valid: {doms}")
+        self._bad: dict[int, bool] = {}
+        ok = self._ok if d["skip_bad"] else None
+        self.fewshots = {}
+        for seed in cfg["seeds"]:
+            if d.get("fraction"):
+                fs = fraction_subset(self.ds, float(d["fraction"]), seed)
+            else:
+                fs = sample_fewshot(self.ds, int(cfg["shots"]), seed, self.train_classes,
+                                    allow_fewer=d["allow_fewer"], ok=ok, domain=self.train_domain)
+            self.fewshots[seed] = fs
+
+    def _ok(self, i: int) -> bool:
+        if i not in self._bad:
+            try:
+                self.ds.load_image(i)
+                self._bad[i] = False
+            except UserError:
+                self._bad[i] = True
+        return not self._bad[i]
+
+
+# ------------------------------------------------------------------------------------------------
+class Runner:
+    def __init__(self, cfg: dict, out: str | Path, overwrite: bool = False, resume: bool = False,
+                 quiet: bool = False, progress: bool = True):
+        self.cfg = resolve(cfg)
+        self.out = Path(out)
+        self.overwrite, self.resume, self.quiet, self.progress = overwrite, resume, quiet, progress
+
+    def run(self) -> dict:
+        out = self.out
+        if out.exists() and any(out.iterdir()) and not (self.overwrite or self.resume):
+            raise UserError(f"run folder {out} already exists; pass --overwrite to replace it or "
+                            "--resume to continue it")
+        prep = Prepared(self.cfg, self.quiet)
+        device = pick_device(self.cfg["device"])
+        from medadapt.backbones import load_backbone
+        backbone = load_backbone(self.cfg["backbone"], device=device)
+        created = not out.exists()
+        if out.exists() and self.overwrite:
+            shutil.rmtree(out)
+            created = True
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            cfg = dict(self.cfg, classnames=list(prep.ds.classnames))
+            dump_yaml(cfg, out / "config.yaml")
+            atomic_json(out / "classes.json", {"classnames": prep.texts.classnames,
+                                               "templates": prep.texts.templates,
+                                               "descriptions": prep.texts.descriptions})
+            seeds = self.cfg["seeds"]
+            results = []
+            for seed in seeds:
+                sdir = out / f"seed{seed}" if len(seeds) > 1 else out
+                results.append(self._run_seed(prep, backbone, seed, sdir))
+            if len(seeds) > 1:
+                atomic_json(out / "summary.json", summarise(results))
+            return {"results": results, "out": str(out)}
+        except UserError:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+    # --------------------------------------------------------------------------------------------
+    def _split(self, prep: Prepared, backbone, idx: list[int], class_map: dict[int, int],
+               cache: FeatureCache, needs_images: bool, desc: str, views: int = 0) -> Split:
+        d = self.cfg["data"]
+        bad: list[int] = []
+        feats = None
+        if not needs_images:
+            feats, bad = cache.encode(backbone, prep.ds, idx, 0, d["batch_size"], d["workers"],
+                                      d["skip_bad"], self.progress, desc)
+        elif d["skip_bad"]:
+            bad = [i for i in idx if not prep._ok(i)]
+        keep = [i for i in idx if i not in set(bad)]
+        split = Split(prep.ds, keep, torch.tensor([class_map[prep.ds.records[i].label] for i in keep],
+                                                  dtype=torch.long), feats,
+                      concepts=[prep.ds.records[i].concepts for i in keep])
+        if views and not needs_images:
+            vs = [cache.encode(backbone, prep.ds, keep, v, d["batch_size"], d["workers"], False,
+                               self.progress, f"{desc} (view {v})")[0] for v in range(1, views + 1)]
+            split.views = torch.stack(vs)
+        split.n_bad = len(bad)  # type: ignore[attr-defined]
+        return split
+
+    def _run_seed(self, prep: Prepared, backbone, seed: int, sdir: Path) -> dict:
+        cfg = self.cfg
+        sdir.mkdir(parents=True, exist_ok=True)
+        res_path = sdir / "results.json"
+        if self.resume and res_path.exists():
+            return json.loads(res_path.read_text())
+        log = RunLog(sdir / "log.txt", self.quiet)
+        fs_path = sdir / "fewshot.json"
+        if self.resume and fs_path.exists():
+            fs = load_fewshot(fs_path)
+        else:
+            fs = prep.fewshots[seed]
+            save_fewshot(fs_path, fs)
+        ds = prep.ds
+        log(f"medadapt {medadapt.__version__} | {cfg['method']['name']} on {cfg['backbone']} | "
+            f"{ds.name} | protocol {prep.protocol} | shots {cfg['shots']} | seed {seed}")
+        set_seed(seed)
+        cls = prep.method_cls
+        cache = FeatureCache(enabled=cfg["data"]["cache"])
+        train_cls = prep.train_classes
+        cmap = {c: j for j, c in enumerate(train_cls)}
+        train_idx = ids_to_indices(ds, fs["train"])
+        val_idx = ids_to_indices(ds, fs.get("val", {}))
+        train = self._split(prep, backbone, train_idx, cmap, cache, cls.needs_images, "train images",
+                            cfg["data"]["augment_views"])
+        val = self._split(prep, backbone, val_idx, cmap, cache, cls.needs_images, "val images")
+        texts_train = prep.texts.for_classes([ds.classnames[c] for c in train_cls])
+        set_seed(seed)
+        method = cls(backbone, texts_train, cfg["method"]).to(backbone.device)
+        engine = Engine(cfg["train"], device=str(backbone.device), run_dir=sdir,
+                        progress=self.progress, log=log, seed=seed)
+        engine.resume = self.resume
+        t0 = time.time()
+        info = method.fit(train, val, engine) or {}
+        train_seconds = time.time() - t0
+        log(f"trained in {train_seconds:.1f}s ({method.n_trainable_params()} learned parameters)")
+
+        result = {"medadapt_version": medadapt.__version__, "method": cls.name,
+                  "backbone": cfg["backbone"], "dataset": cfg["dataset"],
+                  "shots": cfg["shots"] if not cfg["data"].get("fraction") else None,
+                  "fraction": cfg["data"].get("fraction"), "seed": seed,
+                  "protocol": prep.protocol, "metrics": None, "base": None, "novel": None,
+                  "hm": None, "train_seconds": train_seconds,
+                  "n_trainable_params": method.n_trainable_params(),
+                  "val_accuracy": info.get("val_accuracy"), "train_info": _small(info)}
+        n_bad = train.n_bad + val.n_bad  # type: ignore[attr-defined]
+        if prep.protocol == "base-to-novel":
+            base = self._evaluate(prep, backbone, method, engine, cache, train_cls, log, "base")
+            result["metrics"], result["base"] = base["metrics"], base["metrics"]["accuracy"]
+            n_bad += base["n_bad"]
+            if cls.supports_novel:
+                method.set_classes(prep.texts.for_classes([ds.classnames[c] for c in prep.novel_classes]))
+                nov = self._evaluate(prep, backbone, method, engine, cache, prep.novel_classes, log,
+                                     "novel")
+                result["novel_metrics"] = nov["metrics"]
+                result["novel"] = nov["metrics"]["accuracy"]
+                result["hm"] = harmonic_mean(result["base"], result["novel"])
+                n_bad += nov["n_bad"]
+                method.set_classes(texts_train)
+            else:
+                log(f"{cls.name} has class-specific parameters: novel classes not evaluated")
+        elif prep.protocol == "cross-domain":
+            per = {}
+            for dom in ds.domains():
+                r = self._evaluate(prep, backbone, method, engine, cache, train_cls, log,
+                                   f"domain {dom}", domain=dom)
+                per[dom] = r["metrics"]["accuracy"]
+                n_bad += r["n_bad"]
+            unseen = [v for k, v in per.items() if k != prep.train_domain]
+            result["train_domain"] = prep.train_domain
+            result["domain_accuracy"] = per
+            pooled = self._evaluate(prep, backbone, method, engine, cache, train_cls, log,
+                                    "unseen domains", exclude_domain=prep.train_domain)
+            result["metrics"] = pooled["metrics"]
+            result["metrics"]["mean_domain_accuracy"] = float(np.mean(unseen))
+        else:
+            r = self._evaluate(prep, backbone, method, engine, cache, train_cls, log, "test")
+            result["metrics"] = r["metrics"]
+            n_bad += r["n_bad"]
+        result["bad_images_skipped"] = n_bad
+        save_file(method.learned_state_dict(), str(sdir / "params.safetensors"))
+        for f in ("checkpoint.safetensors", "checkpoint_state.pt"):
+            (sdir / f).unlink(missing_ok=True)
+        atomic_json(res_path, result)
+        m = result["metrics"]
+        log(f"accuracy {m['accuracy']:.4f} | balanced {m['balanced_accuracy']:.4f} | "
+            f"macro-F1 {m['macro_f1']:.4f}" + (f" | HM {result['hm']:.4f}" if result["hm"] is not None else ""))
+        return result
+
+    def _evaluate(self, prep, backbone, method, engine, cache, classes, log, what, domain=None,
+                  exclude_domain=None) -> dict:
+        ds = prep.ds
+        idx = ds.indices("test", classes, domain=domain)
+        if exclude_domain is not None:
+            idx = [i for i in idx if ds.records[i].domain != exclude_domain]
+        if not idx:
+            raise UserError(f"{ds.name}: no test images for {what}")
+        cmap = {c: j for j, c in enumerate(classes)}
+        split = self._split(prep, backbone, idx, cmap, cache, method.needs_images, f"{what} images")
+        logits = engine.logits(method, split)
+        names = [ds.classnames[c] for c in classes]
+        m = classification_metrics(split.labels.numpy(), logits.numpy(), names)
+        log(f"{what}: accuracy {m['accuracy']:.4f} on {m['n']} images")
+        return {"metrics": m, "n_bad": split.n_bad}
+
+
+def _small(info: dict) -> dict:
+    """Keep train info JSON-friendly and short."""
+    out = {}
+    for k, v in info.items():
+        if k == "history" and isinstance(v, list):
+            out["loss_first"] = v[0]["loss"] if v else None
+            out["loss_last"] = v[-1]["loss"] if v else None
+            out["history"] = v
+        elif isinstance(v, (int, float, str, bool, type(None), dict, list)):
+            out[k] = v
+    return out
+
+
+def summarise(results: list[dict]) -> dict:
+    """summary.json: the results.json keys with {mean, std, values} per metric."""
+    def stat(vals):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return None
+        return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals}
+
+    first = results[0]
+    out = {k: first[k] for k in ("medadapt_version", "method", "backbone", "dataset", "shots",
+                                 "fraction", "protocol")}
+    out["seeds"] = [r["seed"] for r in results]
+    out["metrics"] = {m: stat([r["metrics"].get(m) for r in results]) for m in CORE_METRICS}
+    if "mean_domain_accuracy" in first["metrics"]:
+        out["metrics"]["mean_domain_accuracy"] = stat([r["metrics"]["mean_domain_accuracy"]
+                                                       for r in results])
+    for k in ("base", "novel", "hm", "train_seconds", "n_trainable_params"):
+        out[k] = stat([r.get(k) for r in results])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+def _seed_dirs(run: Path) -> list[Path]:
+    if (run / "results.json").exists():
+        return [run]
+    dirs = sorted(d for d in run.glob("seed*") if (d / "results.json").exists())
+    if not dirs:
+        raise UserError(f"{run} is not a finished medadapt run (no results.json)")
+    return dirs
+
+
+def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"):
+    """Rebuild the backbone and the trained method of a run folder."""
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise UserError(f"{run} is not a medadapt run folder (no config.yaml)")
+    cfg = load_yaml(run / "config.yaml")
+    classes = json.loads((run / "classes.json").read_text())
+    texts = ClassTexts(classes["classnames"], classes["templates"], classes["descriptions"])
+    sdir = seed_dir or _seed_dirs(run)[0]
+    from medadapt.backbones import load_backbone
+    backbone = load_backbone(cfg["backbone"], device=pick_device(device))
+    cls = get_method(cfg["method"]["name"])
+    res = json.loads((sdir / "results.json").read_text())
+    train_names = texts.classnames
+    if res["protocol"] == "base-to-novel":
+        base, _ = base_novel_split(texts.classnames, cfg["data"].get("base"), cfg["data"].get("novel"))
+        train_names = [texts.classnames[i] for i in base]
+    set_seed(int(res["seed"]))
+    method = cls(backbone, texts.for_classes(train_names), cfg["method"]).to(backbone.device)
+    method.load_learned_state_dict(load_file(str(sdir / "params.safetensors")))
+    method.eval()
+    return cfg, texts, backbone, method, sdir
+
+
+def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = True,
+                 quiet: bool = False) -> dict:
+    cfg, texts, backbone, method, sdir = load_run(run)
+    ds = load_dataset(dataset or cfg["dataset"])
+    names = method.texts.classnames
+    lower = {c.lower(): i for i, c in enumerate(ds.classnames)}
+    if all(n.lower() in lower for n in names):
+        classes = [lower[n.lower()] for n in names]
+    else:  # another data set's classes: methods that can take new class names switch to them
+        if not method.supports_novel:
+            raise UserError(f"{method.name} cannot evaluate on classes it was not trained on "
+                            f"({ds.classnames})")
+        method.set_classes(class_texts_for(cfg, ds, ds.classnames, method.needs_descriptions))
+        classes = list(range(ds.num_classes))
+    idx = ds.indices("test", classes)
+    cmap = {c: j for j, c in enumerate(classes)}
+    cache = FeatureCache(enabled=cfg["data"]["cache"])
+    eng = Engine(cfg["train"], device=str(backbone.device), progress=progress)
+    if method.needs_images:
+        split = Split(ds, idx, torch.tensor([cmap[ds.records[i].label] for i in idx]))
+    else:
+        feats, bad = cache.encode(backbone, ds, idx, progress=progress, skip_bad=cfg["data"]["skip_bad"])
+        idx = [i for i in idx if i not in set(bad)]
+        split = Split(ds, idx, torch.tensor([cmap[ds.records[i].label] for i in idx]), feats)
+    logits = eng.logits(method, split)
+    m = classification_metrics(split.labels.numpy(), logits.numpy(), [ds.classnames[c] for c in classes])
+    out = {"run": str(run), "seed_dir": str(sdir), "dataset": dataset or cfg["dataset"], "metrics": m}
+    return out
+
+
+def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None,
+                  batch_size: int = 32) -> Path:
+    """Class probabilities per image -> CSV (path, predicted class, one column per class)."""
+    from medadapt.data.dataset import open_rgb
+    from medadapt.data.sources import IMAGE_EXTS
+    files: list[Path] = []
+    for s in inputs:
+        p = Path(s)
+        if not p.exists():
+            raise UserError(f"image or folder not found: {p}")
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        else:
+            files.append(p)
+    if not files:
+        raise UserError("no images found in the given inputs")
+    images = [open_rgb(str(f)) for f in files]  # validates every image before writing anything
+    cfg, texts, backbone, method, sdir = load_run(run)
+    names = method.texts.classnames
+    rows = []
+    extras_all = []
+    with torch.no_grad():
+        for s in range(0, len(images), batch_size):
+            xs = torch.stack([backbone.preprocess(im) for im in images[s:s + batch_size]]).to(backbone.device)
+            if method.needs_images:
+                batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long), images=xs)
+            else:
+                batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long),
+                              features=backbone.encode_image(xs, normalize=False))
+            prob = torch.softmax(method(batch).float(), dim=-1).cpu().numpy()
+            rows += prob.tolist()
+            ex = method.extra_predictions(batch)
+            extras_all += ex.get("rows", [{}] * len(xs))
+    out = Path(out_csv) if out_csv else Path(run) / "predictions.csv"
+    extra_cols = sorted({k for e in extras_all for k in e})
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "prediction"] + [f"p({n})" for n in names] + extra_cols)
+        for f, p, e in zip(files, rows, extras_all):
+            w.writerow([str(f), names[int(np.argmax(p))]] + [f"{v:.6f}" for v in p]
+                       + [e.get(k, "") for k in extra_cols])
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,218 @@
+"""One training loop for every trainable method.
+
+SGD or AdamW, cosine schedule with warm-up (CoOp's constant warm-up LR, or linear), gradient
+clipping, AMP on GPU, a checkpoint per epoch with resume, a progress bar, and a clear stop on a
+non-finite loss. Frozen-feature methods train on cached features (optionally several pre-encoded
+augmented views, one drawn per item and epoch); methods with ``needs_images`` get pixels through
+the backbone's train transform.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from medadapt.data.dataset import DataSet
+from medadapt.errors import TrainingError
+from medadapt.methods.base import Batch, Method
+
+TRAIN_DEFAULTS = {
+    "optimizer": "sgd",  # sgd | adamw
+    "lr": 0.002,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "epochs": 50,
+    "batch_size": 32,
+    "warmup_epochs": 1,
+    "warmup": "constant",  # constant (CoOp: lr 1e-5 during warm-up) | linear
+    "warmup_lr": 1e-5,
+    "grad_clip": 1.0,  # max gradient norm; 0 disables
+    "amp": True,  # only used on CUDA
+    "eval_every": 0,  # epochs between validation passes (0: only at the end)
+    "checkpoint": True,  # save a checkpoint every epoch (enables --resume)
+    "workers": 0,
+}
+
+
+@dataclass
+class Split:
+    """Items of one split as the method sees them."""
+
+    ds: DataSet
+    indices: list[int]
+    labels: torch.Tensor  # in the method's class index space
+    features: torch.Tensor | None = None  # [N, D] raw features of the eval transform
+    views: torch.Tensor | None = None  # [V, N, D] augmented views (optional)
+    concepts: list[tuple[str, ...]] = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class _PixelDS(torch.utils.data.Dataset):
+    def __init__(self, split: Split, transform):
+        self.split, self.t = split, transform
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, j):
+        return self.t(self.split.ds.load_image(self.split.indices[j])), j
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: dict) -> float:
+    """Learning rate at ``step`` (0-based): warm-up then cosine to zero over the remaining steps."""
+    base = cfg["lr"]
+    if step < warmup:
+        if cfg["warmup"] == "linear":
+            return base * (step + 1) / warmup
+        return cfg["warmup_lr"]
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * t))
+
+
+class Engine:
+    def __init__(self, cfg: dict, device: str = "cpu", run_dir: str | Path | None = None,
+                 progress: bool = True, log=print, seed: int = 0):
+        self.cfg = {**TRAIN_DEFAULTS, **cfg}
+        self.device = torch.device(device)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.progress = progress
+        self.log = log
+        self.seed = seed
+        self.resume = False
+
+    # -- batches ---------------------------------------------------------------------------------
+    def batches(self, method: Method, split: Split, shuffle: bool, epoch: int = 0, train=True):
+        bs = self.cfg["batch_size"]
+        n = len(split)
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+        if method.needs_images:
+            t = method.backbone.train_preprocess if train else method.backbone.preprocess
+            ds = _PixelDS(split, t)
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(ds, order.tolist()), batch_size=bs,
+                num_workers=self.cfg["workers"])
+            for xs, js in loader:
+                yield self._batch(split, js, images=xs)
+            return
+        feats = split.features
+        for s in range(0, n, bs):
+            js = order[s:s + bs]
+            f = feats[js]
+            if train and split.views is not None and len(split.views):
+                # one view per item: 0 = un-augmented, 1..V = pre-encoded augmented views
+                v = torch.randint(0, len(split.views) + 1, (len(js),), generator=g)
+                aug = split.views[:, js]  # [V, b, D]
+                f = torch.where((v > 0)[:, None], aug[(v - 1).clamp(min=0), torch.arange(len(js))], f)
+            yield self._batch(split, js, features=f)
+
+    def _batch(self, split: Split, js, features=None, images=None) -> Batch:
+        js = torch.as_tensor(js)
+        return Batch(labels=split.labels[js].to(self.device),
+                     features=None if features is None else features.to(self.device),
+                     images=None if images is None else images.to(self.device),
+                     index=torch.as_tensor([split.indices[j] for j in js.tolist()]),
+                     concepts=[split.concepts[j] for j in js.tolist()] if split.concepts else None)
+
+    # -- training --------------------------------------------------------------------------------
+    def _optimizer(self, params):
+        c = self.cfg
+        if c["optimizer"] == "sgd":
+            return torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"],
+                                   weight_decay=c["weight_decay"])
+        if c["optimizer"] == "adamw":
+            return torch.optim.AdamW(params, lr=c["lr"], weight_decay=c["weight_decay"])
+        from medadapt.errors import UserError
+        raise UserError(f"unknown optimizer {c['optimizer']!r}; valid: sgd, adamw")
+
+    def train(self, method: Method, train: Split, val: Split | None = None) -> dict:
+        c = self.cfg
+        params = [p for p in method.parameters() if p.requires_grad]
+        if not params:
+            return {"epochs": 0}
+        opt = self._optimizer(params)
+        steps_per_epoch = max(1, math.ceil(len(train) / c["batch_size"]))
+        total = c["epochs"] * steps_per_epoch
+        warm = min(c["warmup_epochs"] * steps_per_epoch, max(total - 1, 0))
+        use_amp = c["amp"] and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        start_epoch, history = 0, []
+        ckpt = self.run_dir / "checkpoint.safetensors" if self.run_dir and c["checkpoint"] else None
+        state_path = ckpt.with_name("checkpoint_state.pt") if ckpt else None
+        if ckpt and self.resume and ckpt.exists() and state_path.exists():
+            method.load_learned_state_dict(load_file(str(ckpt)))
+            st = torch.load(state_path, weights_only=True)  # our own file; tensors and numbers only
+            opt.load_state_dict(st["optimizer"])
+            start_epoch, history = int(st["epoch"]), list(st["history"])
+            self.log(f"resumed from epoch {start_epoch}")
+        t0 = time.time()
+        step = start_epoch * steps_per_epoch
+        bar = tqdm(total=total, initial=step, desc=f"training {method.name}",
+                   disable=not self.progress, leave=False)
+        method.train()
+        for epoch in range(start_epoch, c["epochs"]):
+            losses = []
+            for batch in self.batches(method, train, shuffle=True, epoch=epoch):
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, total, warm, c)
+                with torch.autocast(self.device.type, enabled=use_amp):
+                    loss, parts = method.loss(batch)
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise TrainingError(
+                        f"{method.name}: loss became {float(loss)} at epoch {epoch + 1}, step "
+                        f"{step + 1} ({parts}); lower the learning rate (--set train.lr=...)")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if c["grad_clip"]:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, c["grad_clip"])
+                scaler.step(opt)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None}
+            if val is not None and len(val) and c["eval_every"] and (epoch + 1) % c["eval_every"] == 0:
+                rec["val_accuracy"] = self.accuracy(method, val)
+                method.train()
+            history.append(rec)
+            if ckpt:
+                self._save_ckpt(method, opt, epoch + 1, history, ckpt, state_path)
+        bar.close()
+        method.eval()
+        info = {"epochs": c["epochs"], "history": history, "train_loop_seconds": time.time() - t0}
+        if val is not None and len(val):
+            info["val_accuracy"] = self.accuracy(method, val)
+        return info
+
+    def _save_ckpt(self, method, opt, epoch, history, ckpt, state_path):
+        tmp = ckpt.with_suffix(".tmp")
+        save_file(method.learned_state_dict(), str(tmp))
+        os.replace(tmp, ckpt)
+        tmp2 = state_path.with_suffix(".tmp")
+        torch.save({"optimizer": opt.state_dict(), "epoch": epoch, "history": history}, tmp2)
+        os.replace(tmp2, state_path)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, method: Method, split: Split) -> torch.Tensor:
+        method.eval()
+        out = []
+        for batch in self.batches(method, split, shuffle=False, train=False):
+            out.append(method(batch).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, len(method.texts.classnames))
+
+    def accuracy(self, method: Method, split: Split) -> float:
+        lg = self.logits(method, split)
+        return float((lg.argmax(1) == split.labels).float().mean()) if len(lg) else float("nan")

@@ -1,0 +1,89 @@
+"""Linear probe (Radford et al. 2021, Sec. 3.2 and Appendix A.3): L2-regularised logistic
+regression (scikit-learn L-BFGS) on frozen, L2-normalised image features. The inverse
+regularisation strength C is chosen on the few-shot validation set, never on test: a coarse sweep
+over 10^-6..10^6 followed by a finer sweep around the best value (CLIP used a parametric binary
+search; a two-stage grid is the same idea, deterministic and simple).
+``class_weight: balanced`` gives the loss-weighted variant SCALE compares against (Sec. 3).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+
+from medadapt.errors import UserError
+from medadapt.methods.base import Batch, Method, register_method
+
+
+@register_method("linear-probe")
+class LinearProbe(Method):
+    paper = "Radford et al., ICML 2021, Sec. 3.2 / App. A.3"
+    trainable = False
+    supports_novel = False
+    defaults = {"C": None, "coarse_grid": [1e-6, 1e-4, 1e-2, 1e0, 1e2, 1e4, 1e6],
+                "fine_steps": 7, "max_iter": 1000, "class_weight": None}
+    learned_buffers = ("weight", "bias")
+
+    def __init__(self, backbone, texts, cfg=None):
+        super().__init__(backbone, texts, cfg)
+        self.weight = torch.zeros(len(texts.classnames), backbone.embed_dim)
+        self.bias = torch.zeros(len(texts.classnames))
+
+    def _fit_lr(self, x, y, C):
+        clf = LogisticRegression(C=C, max_iter=self.cfg["max_iter"],
+                                 class_weight=self.cfg["class_weight"], random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(x, y)
+        return clf
+
+    def _score(self, clf, xv, yv) -> float:
+        return float((clf.predict(xv) == yv).mean())
+
+    def fit(self, train, val, engine) -> dict:
+        x = F.normalize(train.features.float(), dim=-1).numpy()
+        y = train.labels.numpy()
+        if len(np.unique(y)) < 2:
+            raise UserError("linear probe needs training images from at least two classes")
+        info = {}
+        C = self.cfg["C"]
+        if C is None:
+            if val is None or len(val.labels) == 0:
+                C = 1.0
+                info["C_selection"] = "no validation set: C=1"
+            else:
+                xv = F.normalize(val.features.float(), dim=-1).numpy()
+                yv = val.labels.numpy()
+                scores = {c: self._score(self._fit_lr(x, y, c), xv, yv) for c in self.cfg["coarse_grid"]}
+                best = max(scores, key=lambda c: (scores[c], -abs(np.log10(c))))
+                fine = np.logspace(np.log10(best) - 1, np.log10(best) + 1, self.cfg["fine_steps"])
+                for c in fine:
+                    scores[float(c)] = self._score(self._fit_lr(x, y, float(c)), xv, yv)
+                C = max(scores, key=lambda c: (scores[c], -abs(np.log10(c))))
+                info["C_selection"] = {f"{k:.3g}": v for k, v in sorted(scores.items())}
+        clf = self._fit_lr(x, y, C)
+        n = len(self.texts.classnames)
+        w = np.zeros((n, x.shape[1]), dtype=np.float32)
+        b = np.full(n, -1e4, dtype=np.float32)  # classes absent from training never win
+        if len(clf.classes_) == 2:  # sklearn stores one row for binary problems
+            c0, c1 = clf.classes_
+            w[c1], b[c1] = clf.coef_[0], clf.intercept_[0]
+            w[c0], b[c0] = 0.0, 0.0
+        else:
+            for row, c in enumerate(clf.classes_):
+                w[c], b[c] = clf.coef_[row], clf.intercept_[row]
+        self.weight = torch.from_numpy(w)
+        self.bias = torch.from_numpy(b)
+        info["C"] = float(C)
+        return info
+
+    def set_classes(self, texts) -> None:
+        if list(texts.classnames) != list(self.texts.classnames):
+            raise UserError("linear probe cannot predict classes it was not trained on")
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        img = self.image_features(batch)
+        return img @ self.weight.to(img.device).T + self.bias.to(img.device)
