@@ -1,0 +1,1 @@
+"""Data sets, few-shot protocol and class texts."""

@@ -1,0 +1,1 @@
+"""Feature cache, training loop and run orchestration."""
