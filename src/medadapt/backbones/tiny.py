@@ -102,7 +102,8 @@ def save_tiny_open_clip(folder: Path, hf_text: bool = True, seed: int = 0, image
         tok = write_wordpiece_tokenizer(folder, max_length=32)
         BertConfig(vocab_size=len(tok), hidden_size=width, num_hidden_layers=2,
                    num_attention_heads=2, intermediate_size=2 * width,
-                   max_position_embeddings=64, pad_token_id=tok.pad_token_id).save_pretrained(folder)
+                   max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                   initializer_range=0.3).save_pretrained(folder)  # 0.02 makes a 2-layer BERT near-constant
         text_cfg = {"hf_model_name": str(folder.resolve()), "hf_tokenizer_name": str(folder.resolve()),
                     "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
                     "context_length": 32}
