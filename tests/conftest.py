@@ -1,0 +1,32 @@
+"""Shared test setup: an isolated medadapt cache per test session and the shared real data."""
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+if "MEDADAPT_CACHE" not in os.environ:  # CI sets one; locally use a per-user temp folder
+    os.environ["MEDADAPT_CACHE"] = str(Path(tempfile.gettempdir()) / "medadapt-test-cache")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CRC = SHARED / "crc-val-he-7k-sample"
+PNEUMONIA = SHARED / "medmnist" / "pneumoniamnist.npz"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.exists():
+        pytest.skip(f"shared data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def crc_folder(shared_data) -> Path:
+    return CRC
+
+
+def run_cli(*args: str) -> int:
+    from medadapt.cli import main
+    return main([str(a) for a in args])

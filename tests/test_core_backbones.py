@@ -1,0 +1,201 @@
+"""Backbone interface: both families, the real on-disk formats, the hub-id path, and the
+identity between medadapt's embeddings and the raw library calls."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medadapt.backbones import BACKBONES, load_backbone, tiny_dir
+from medadapt.errors import UserError
+
+TINY = ["tiny-hf-clip", "tiny-open-clip", "tiny-open-clip-bpe"]
+
+
+@pytest.fixture(scope="module", params=TINY)
+def bb(request):
+    return load_backbone(request.param)
+
+
+def _img(seed=0, size=(40, 50)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((*size, 3)) * 255).astype("uint8"))
+
+
+def test_interface_shapes(bb):
+    ids = bb.tokenize(["a histopathology image of debris.", "tumor"])
+    assert ids.shape == (2, bb.context_length)
+    t = bb.encode_text(ids)
+    assert t.shape == (2, bb.embed_dim)
+    assert torch.allclose(t.norm(dim=-1), torch.ones(2), atol=1e-5)
+    x = torch.stack([bb.preprocess(_img(0)), bb.preprocess(_img(1))])
+    assert x.shape == (2, 3, bb.image_size, bb.image_size)
+    assert bb.encode_image(x).shape == (2, bb.embed_dim)
+    assert bb.token_embedding.embedding_dim == bb.text_width
+    assert len(bb.text_blocks()) == 2 and len(bb.vision_blocks()) == 2
+    assert 1.0 < float(bb.logit_scale) <= 100.0
+    assert all(not p.requires_grad for p in bb.parameters())
+    assert not bb.training
+
+
+def test_embeddings_path_equals_ids_path(bb):
+    ids = bb.tokenize(["a photo of lymphocytes.", "mucus pools"])
+    a = bb.encode_text(ids)
+    b = bb.encode_text(ids, embeddings=bb.embed_tokens(ids))
+    assert torch.allclose(a, b, atol=1e-6)
+    # changing a word embedding through the embeddings path changes the output
+    emb = bb.embed_tokens(ids).clone()
+    emb[:, 1] += torch.randn(emb.shape[-1], generator=torch.Generator().manual_seed(0))
+    c = bb.encode_text(ids, embeddings=emb)
+    assert not torch.allclose(a, c, atol=1e-4)
+
+
+def test_special_tokens_and_eos(bb):
+    ids = bb.tokenize(["a photo of debris."])
+    mask = bb.special_token_mask(ids)[0]
+    eos = int(bb.eos_positions(ids)[0])
+    assert mask[0] and mask[eos]
+    assert not mask[1:eos].any()
+
+
+def test_layer_hook_sees_and_changes_hidden_states(bb):
+    ids = bb.tokenize(["a photo of debris."])
+    x = bb.preprocess(_img()).unsqueeze(0)
+    seen = {}
+    base_t, base_i = bb.encode_text(ids), bb.encode_image(x)
+
+    def spy(name):
+        def fn(h):
+            seen[name] = tuple(h.shape)
+            return h
+        return fn
+    with bb.layer_hooks([("text", 1, spy("text")), ("vision", 0, spy("vision"))]):
+        assert torch.allclose(bb.encode_text(ids), base_t, atol=1e-6)
+        assert torch.allclose(bb.encode_image(x), base_i, atol=1e-6)
+    assert seen["text"] == (1, bb.context_length, bb.text_width)
+    assert seen["vision"][0] == 1 and seen["vision"][2] == bb.vision_width
+    # appending tokens to the vision sequence (deep visual prompts) works and changes the output
+    with bb.layer_hooks([("vision", 0, lambda h: torch.cat([h, torch.ones_like(h[:, :2])], 1))]):
+        y = bb.encode_image(x)
+    assert y.shape == base_i.shape and not torch.allclose(y, base_i, atol=1e-5)
+    # hooks are removed afterwards
+    assert torch.allclose(bb.encode_image(x), base_i, atol=1e-6)
+
+
+def test_tiny_backbones_are_deterministic():
+    a = load_backbone("tiny-hf-clip")
+    shutil.rmtree(tiny_dir("tiny-hf-clip"))
+    b = load_backbone("tiny-hf-clip")
+    assert a.fingerprint() == b.fingerprint()
+
+
+def test_raw_library_calls_match():
+    """Loading a saved folder through medadapt equals the raw library call on that folder."""
+    import open_clip
+    from transformers import AutoTokenizer, CLIPModel
+
+    hf = load_backbone("tiny-hf-clip")
+    folder = tiny_dir("tiny-hf-clip")
+    raw = CLIPModel.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    texts = ["a photo of debris.", "adipose tissue"]
+    ids = tok(texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = raw.get_text_features(input_ids=ids)
+        ref = ref if torch.is_tensor(ref) else ref.pooler_output
+        x = hf.preprocess(_img()).unsqueeze(0)
+        refi = raw.get_image_features(pixel_values=x)
+        refi = refi if torch.is_tensor(refi) else refi.pooler_output
+    assert torch.allclose(hf.encode_text(hf.tokenize(texts), normalize=False), ref, atol=1e-5)
+    assert torch.allclose(hf.encode_image(x, normalize=False), refi, atol=1e-5)
+
+    for name in ("tiny-open-clip", "tiny-open-clip-bpe"):
+        oc = load_backbone(name)
+        spec = "local-dir:" + str(tiny_dir(name))
+        model, _, pre = open_clip.create_model_and_transforms(spec)
+        model.eval()
+        tk = open_clip.get_tokenizer(spec)
+        x = pre(_img()).unsqueeze(0)
+        with torch.no_grad():
+            assert torch.allclose(oc.encode_text(oc.tokenize(texts), normalize=False),
+                                  model.encode_text(tk(texts)), atol=1e-5)
+            assert torch.allclose(oc.encode_image(x, normalize=False), model.encode_image(x), atol=1e-5)
+
+
+HUB_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    from medadapt.backbones import load_backbone
+    out = {}
+    for alias in ("plip", "biomedclip"):
+        bb = load_backbone(alias)
+        t = bb.encode_text(bb.tokenize(["a photo of debris."]), normalize=False)
+        out[alias] = {"family": bb.family, "ctx": bb.context_length, "t": t[0, :4].tolist()}
+    print(json.dumps(out))
+""")
+
+
+def _fake_hub_repo(cache, repo_id, src_folder, rename=None):
+    """Lay a folder out as the Hugging Face cache does for a downloaded repo."""
+    base = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = base / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text("0" * 40)
+    for f in src_folder.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            shutil.copy(f, snap / (rename or {}).get(f.name, f.name))
+    return snap
+
+
+def test_hub_ids_load_from_hf_cache_offline(tmp_path):
+    """`plip` and `biomedclip` resolve their real hub ids through huggingface_hub's cache
+    (HF_HUB_OFFLINE=1), i.e. the exact code path of a user's download."""
+    load_backbone("tiny-hf-clip"), load_backbone("tiny-open-clip")
+    cache = tmp_path / "hub"
+    _fake_hub_repo(cache, BACKBONES.get("plip").source, tiny_dir("tiny-hf-clip"))
+    oc_repo = BACKBONES.get("biomedclip").source.split(":", 1)[1]
+    snap = _fake_hub_repo(cache, oc_repo, tiny_dir("tiny-open-clip"))
+    bert_id = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+    cfg = json.loads((snap / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["text_cfg"]["hf_model_name"] = bert_id
+    cfg["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = bert_id
+    (snap / "open_clip_config.json").write_text(json.dumps(cfg))
+    _fake_hub_repo(cache, bert_id, tiny_dir("tiny-open-clip"))
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-c", HUB_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["plip"]["family"] == "hf_clip" and out["biomedclip"]["family"] == "open_clip"
+    ref_hf = load_backbone("tiny-hf-clip")
+    ref_oc = load_backbone("tiny-open-clip")
+    for alias, ref in (("plip", ref_hf), ("biomedclip", ref_oc)):
+        t = ref.encode_text(ref.tokenize(["a photo of debris."]), normalize=False)[0, :4]
+        assert np.allclose(out[alias]["t"], t.tolist(), atol=1e-5)
+
+
+def test_failed_hub_download_says_how_to_use_local_weights(tmp_path, monkeypatch):
+    from medadapt.backbones import hf, openclip
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="local|folder"):
+        hf.load_hf_clip(str(tmp_path / "no-such-model"))
+    with pytest.raises(UserError, match="local-dir"):
+        openclip.load_open_clip("local-dir:" + str(tmp_path / "missing"))
+
+
+def test_local_folder_spec_detects_family():
+    for name, fam in (("tiny-hf-clip", "hf_clip"), ("tiny-open-clip", "open_clip")):
+        load_backbone(name)
+        bb = load_backbone(str(tiny_dir(name)))
+        assert bb.family == fam
+
+
+def test_unknown_backbone_lists_valid_names():
+    with pytest.raises(UserError, match="valid: .*plip"):
+        load_backbone("plipp")
