@@ -169,7 +169,7 @@ class Engine:
                 if not torch.isfinite(loss):
                     bar.close()
                     raise TrainingError(
-                        f"{method.name}: loss became {float(loss)} at epoch {epoch + 1}, step "
+                        f"{method.name}: loss became {float(loss.detach())} at epoch {epoch + 1}, step "
                         f"{step + 1} ({parts}); lower the learning rate (--set train.lr=...)")
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
