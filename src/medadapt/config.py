@@ -29,6 +29,7 @@ DEFAULTS: dict = {
         "train_domain": None,  # cross-domain: the domain to train on (default: the first)
         "batch_size": 64,  # feature extraction batch size
         "workers": 0,  # data loader workers for feature extraction
+        "precision": "auto",  # feature extraction autocast: auto (fp16 on CUDA) | fp32 | fp16 | bf16
         "augment_views": 0,  # pre-encoded augmented views per training image (cached)
         "cache": True,  # use the on-disk feature cache
     },

@@ -214,6 +214,16 @@ def from_csv(path: str, name: str | None = None, split_seed: int = 0) -> DataSet
 def from_npz(path: str, classnames: list[str] | None = None, name: str | None = None) -> DataSet:
     """MedMNIST layout: ``{train,val,test}_images`` (N,H,W[,3] uint8) and ``*_labels`` (N,1)."""
     f = _require_dir(path, "npz")
+    stem = f.stem.split("_")[0].lower()
+    if classnames is None and stem in MEDMNIST_CLASSES:
+        # a known MedMNIST flavour: canonical names, its templates and shipped descriptions
+        from medadapt.data.benchmarks import medmnist_from_npz
+        from medadapt.data.texts import shipped_descriptions
+        ds = medmnist_from_npz(f, stem)
+        ds.name = name or f"npz:{f.stem}"
+        if shipped_descriptions(f"{stem}.json").exists():
+            ds.meta.setdefault("descriptions", f"{stem}.json")
+        return ds
     try:
         z = np.load(f, allow_pickle=False)
         arrays = {k: z[k] for k in z.files}
@@ -237,8 +247,7 @@ def from_npz(path: str, classnames: list[str] | None = None, name: str | None = 
         all_labels.append(labels)
         records += [Record(id=f"{s}/{i}", label=int(y), split=s) for i, y in enumerate(labels)]
     n_classes = int(max(l.max() for l in all_labels)) + 1
-    stem = f.stem.split("_")[0].lower()
-    names = classnames or MEDMNIST_CLASSES.get(stem)
+    names = classnames
     if names is None or len(names) < n_classes:
         names = [f"class {i}" for i in range(n_classes)]
 
@@ -253,5 +262,4 @@ def from_npz(path: str, classnames: list[str] | None = None, name: str | None = 
         h.update(np.ascontiguousarray(arrays[k]).tobytes())
     return DataSet(name=name or f"npz:{f.stem}", classnames=list(names), records=records,
                    loader=loader, fingerprint=h.hexdigest(), root=str(f.parent),
-                   meta={"template_set": "radiology" if stem in ("pneumoniamnist",) else
-                         "histopathology"})
+                   meta={"template_set": "generic"})

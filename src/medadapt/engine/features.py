@@ -24,6 +24,19 @@ from medadapt.data.sources import cache_home
 from medadapt.errors import UserError
 
 
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
+    """``data.precision`` -> the autocast dtype of feature extraction (None: plain fp32).
+    ``auto``: fp16 on CUDA, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise UserError(f"data.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return torch.float16 if device_type == "cuda" else None
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
 def _seed_for(item_id: str, view: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{item_id}|{view}".encode()).digest()[:8], "little") % (2**63)
 
@@ -56,14 +69,21 @@ def _collate(items):
 
 
 class FeatureCache:
-    def __init__(self, root: str | Path | None = None, enabled: bool = True):
+    def __init__(self, root: str | Path | None = None, enabled: bool = True,
+                 precision: str = "auto"):
         self.root = Path(root) if root else cache_home() / "features"
         self.enabled = enabled
+        self.precision = precision
+        autocast_dtype(precision, "cpu")  # validate early
 
     def key(self, backbone, ds: DataSet, view: int) -> str:
         t = backbone.train_preprocess if view > 0 else backbone.preprocess
         h = hashlib.sha256()
-        for part in (backbone.fingerprint(), repr(t), ds.fingerprint, f"view={view}"):
+        parts = [backbone.fingerprint(), repr(t), ds.fingerprint, f"view={view}"]
+        dtype = autocast_dtype(self.precision, backbone.device.type)
+        if dtype is not None:  # reduced-precision features are cached apart from fp32 ones
+            parts.append(f"autocast={dtype}")
+        for part in parts:
             h.update(part.encode())
         return h.hexdigest()[:32]
 
@@ -89,17 +109,17 @@ class FeatureCache:
         bad: list[int] = []
         if missing:
             t = backbone.train_preprocess if view > 0 else backbone.preprocess
+            dev = backbone.device
             loader = torch.utils.data.DataLoader(
                 _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad), batch_size=batch_size,
-                num_workers=workers, collate_fn=_collate)
-            dev = backbone.device
-            use_amp = dev.type == "cuda"
+                num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
+            dtype = autocast_dtype(self.precision, dev.type)
             with torch.inference_mode(), tqdm(total=len(missing), desc=desc, disable=not progress,
                                               leave=False) as bar:
                 for xs, js, bad_js in loader:
                     bad += [idx[missing[j]] for j in bad_js]
                     if xs is not None:
-                        with torch.autocast(dev.type, enabled=use_amp):
+                        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                             f = backbone.encode_image(xs.to(dev, non_blocking=True), normalize=False)
                         for j, row in zip(js, f.float().cpu()):
                             new_feats[missing[j]] = row

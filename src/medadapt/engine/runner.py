@@ -237,7 +237,7 @@ class Runner:
             f"{ds.name} | protocol {prep.protocol} | shots {cfg['shots']} | seed {seed}")
         set_seed(seed)
         cls = prep.method_cls
-        cache = FeatureCache(enabled=cfg["data"]["cache"])
+        cache = FeatureCache(enabled=cfg["data"]["cache"], precision=cfg["data"].get("precision", "auto"))
         train_cls = prep.train_classes
         cmap = {c: j for j, c in enumerate(train_cls)}
         train_idx = ids_to_indices(ds, fs["train"])
@@ -409,7 +409,7 @@ def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = T
         classes = list(range(ds.num_classes))
     idx = ds.indices("test", classes)
     cmap = {c: j for j, c in enumerate(classes)}
-    cache = FeatureCache(enabled=cfg["data"]["cache"])
+    cache = FeatureCache(enabled=cfg["data"]["cache"], precision=cfg["data"].get("precision", "auto"))
     eng = Engine(cfg["train"], device=str(backbone.device), progress=progress)
     if method.needs_images:
         split = Split(ds, idx, torch.tensor([cmap[ds.records[i].label] for i in idx]))
