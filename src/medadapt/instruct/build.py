@@ -1,0 +1,226 @@
+"""Instruction data builder: sources -> cleaning -> ChatML JSONL + fixed split + stats + exports.
+
+Follows PathInsight's PathEnhanceDS compilation (Wu et al., Section 2.1, Fig. 2, Table 1):
+several sources (captioning, classification, VQA, conversation) are turned into ChatML
+instructions, cleaned (empty, duplicate, over-long items; optionally a CLIP similarity top-N and
+an H&E-only zero-shot filter, as the paper did with BiomedCLIP), and written as one data set.
+
+Output folder::
+
+    data.jsonl                 every item, with its "split"
+    train.jsonl val.jsonl test.jsonl
+    labels.json                label sets of the classification sources (for evaluation)
+    stats.json stats.md        items per split / task / source, lengths, skipped and cleaned counts
+    build_config.yaml          the resolved config
+    llamafactory/              sharegpt JSON per split + dataset_info.json
+    swift/                     ms-swift JSONL per split
+
+The split is fixed by the seed and made per source, by image (all questions about one image land
+in the same split), spreading each class across splits; a source's own split (PathVQA's
+train / val / test files) is kept.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medadapt.errors import UserError
+from medadapt.instruct.config import BuildConfig, to_dict
+from medadapt.instruct.export import EXPORTERS
+from medadapt.instruct.records import BadItem, Record, validate, write_json, write_jsonl
+from medadapt.instruct.sources import run_source
+
+SPLITS = ("train", "val", "test")
+
+
+class Skips:
+    """Raise bad items, or count them by reason when ``skip_bad``."""
+
+    def __init__(self, skip_bad: bool):
+        self.skip_bad = skip_bad
+        self.counts: Counter[str] = Counter()
+
+    def handle(self, err: BadItem) -> None:
+        if not self.skip_bad:
+            raise UserError(f"{err} (use --skip-bad to skip and count such items)")
+        self.counts[err.reason] += 1
+
+
+def _alnum(text: str) -> int:
+    return sum(ch.isalnum() for ch in text)
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def _dedup_key(r: Record) -> tuple:
+    """Same images and same conversation; for captions and classification the request phrasing
+    is drawn at random, so there the same images and answer make a duplicate."""
+    if r.task in ("caption", "classification"):
+        return (r.task, tuple(r.images), tuple(_norm(m["content"]) for m in r.messages
+                                              if m["role"] == "assistant"))
+    return (r.task, tuple(r.images), tuple((m["role"], _norm(m["content"])) for m in r.messages))
+
+
+def clean(records: list[Record], cfg: BuildConfig) -> tuple[list[Record], Counter[str]]:
+    """Drop empty-ish answers, over-long items and duplicates; count each reason."""
+    dropped: Counter[str] = Counter()
+    seen: set[tuple] = set()
+    out = []
+    for r in records:
+        if any(_alnum(m["content"]) < cfg.min_answer_alnum for m in r.messages if m["role"] == "assistant"):
+            dropped["clean_empty"] += 1
+            continue
+        if cfg.max_chars and sum(len(m["content"]) for m in r.messages) > cfg.max_chars:
+            dropped["clean_too_long"] += 1
+            continue
+        if cfg.dedup:
+            key = _dedup_key(r)
+            if key in seen:
+                dropped["clean_duplicate"] += 1
+                continue
+            seen.add(key)
+        out.append(r)
+    return out, dropped
+
+
+def assign_splits(records: list[Record], fractions: dict[str, float], seed: int,
+                  fixed: dict[str, str]) -> None:
+    """Set ``rec.split`` for every record (see module docstring)."""
+    bad = set(fractions) - set(SPLITS)
+    if bad or any(v < 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
+        raise UserError(f"split must give non-negative fractions for {', '.join(SPLITS)}; got {fractions}")
+    total = sum(fractions.values())
+    frac = {s: fractions.get(s, 0.0) / total for s in SPLITS}
+    by_source: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        if r.id in fixed:
+            r.split = fixed[r.id]
+        else:
+            by_source[r.source].append(r)
+    for source, recs in sorted(by_source.items()):
+        groups: dict[str, list[Record]] = defaultdict(list)
+        for r in recs:
+            groups[r.images[0] if r.images else r.id].append(r)
+        rng = random.Random(f"{seed}:{source}")
+        keys = sorted(groups)
+        rng.shuffle(keys)
+        keys.sort(key=lambda k: str(groups[k][0].label or ""))  # strata by class, shuffled within
+        done = Counter()
+        for n, k in enumerate(keys, start=1):
+            split = max(SPLITS, key=lambda s: (frac[s] * n - done[s], frac[s]))
+            done[split] += 1
+            for r in groups[k]:
+                r.split = split
+
+
+def _dist(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0, "median": 0, "p95": 0, "max": 0}
+    v = sorted(values)
+    return {"mean": round(statistics.fmean(v), 2), "median": statistics.median(v),
+            "p95": v[min(len(v) - 1, int(0.95 * len(v)))], "max": v[-1]}
+
+
+def stats(records: list[Record], skipped: Counter[str], cleaned: Counter[str]) -> dict[str, Any]:
+    """Items per split / task / source, word lengths of prompts and answers, turns, images."""
+    counts: dict[str, dict[str, int]] = defaultdict(Counter)
+    for r in records:
+        counts[r.split][f"{r.task}/{r.source}"] += 1
+    words = lambda role: [sum(len(m["content"].replace("<image>", " ").split()) for m in r.messages
+                              if m["role"] == role) for r in records]
+    return {
+        "n_items": len(records),
+        "per_split": {s: len([r for r in records if r.split == s]) for s in SPLITS},
+        "per_task": dict(Counter(r.task for r in records)),
+        "per_source": dict(Counter(r.source for r in records)),
+        "per_split_task_source": {s: dict(sorted(c.items())) for s, c in sorted(counts.items())},
+        "lengths_words": {"prompt": _dist(words("user")), "answer": _dist(words("assistant"))},
+        "turns": _dist([sum(m["role"] == "assistant" for m in r.messages) for r in records]),
+        "images_per_item": _dist([len(r.images) for r in records]),
+        "skipped": dict(skipped), "cleaned": dict(cleaned),
+    }
+
+
+def stats_markdown(st: dict[str, Any]) -> str:
+    lines = ["# Instruction data statistics", "", f"Items: {st['n_items']}  ",
+             "Per split: " + ", ".join(f"{k} {v}" for k, v in st["per_split"].items()), "",
+             "| split | task/source | items |", "|---|---|---|"]
+    for s, c in st["per_split_task_source"].items():
+        lines += [f"| {s} | {k} | {v} |" for k, v in c.items()]
+    lines += ["", "| length (words) | mean | median | p95 | max |", "|---|---|---|---|---|"]
+    for k, d in st["lengths_words"].items():
+        lines.append(f"| {k} | {d['mean']} | {d['median']} | {d['p95']} | {d['max']} |")
+    lines += ["", "Skipped (bad input): " + (", ".join(f"{k} {v}" for k, v in st["skipped"].items()) or "none"),
+              "Cleaned: " + (", ".join(f"{k} {v}" for k, v in st["cleaned"].items()) or "none"), ""]
+    return "\n".join(lines)
+
+
+def build(cfg: BuildConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Run the whole builder; returns the stats dict. Nothing is written if an error is raised."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    if not cfg.sources:
+        raise UserError("no sources: pass --source kind=...,path=... or list sources in the config")
+    if (out / "data.jsonl").exists() and not overwrite:
+        raise UserError(f"{out} already holds a built data set; pass --overwrite or another --out")
+    skips = Skips(cfg.skip_bad)
+    records: list[Record] = []
+    fixed: dict[str, str] = {}
+    label_sets: dict[str, Any] = {}
+    names = set()
+    for spec in cfg.sources:
+        spec = dict(spec)
+        name, res = run_source(spec, random.Random(f"{cfg.seed}:{spec.get('name', spec.get('path'))}"))
+        if name in names:
+            raise UserError(f"two sources are named {name!r}; give one a name=...")
+        names.add(name)
+        if res.labels:
+            label_sets[name] = res.labels
+        fixed.update(res.fixed_split)
+        for it in tqdm(res.items, desc=f"build: {name}", unit="item", leave=False, disable=None):
+            if isinstance(it, BadItem):
+                skips.handle(it)
+                continue
+            try:
+                records.append(validate(it, cfg.check_images))
+            except BadItem as e:
+                skips.handle(e)
+    records, cleaned = clean(records, cfg)
+    if cfg.clip_filter:
+        from medadapt.instruct.filters import apply_clip_filters
+        records, dropped = apply_clip_filters(records, cfg.clip_filter)
+        cleaned.update(dropped)
+    if not records:
+        raise UserError("no items left after reading and cleaning the sources "
+                        f"(skipped: {dict(skips.counts)}, cleaned: {dict(cleaned)})")
+    assign_splits(records, cfg.split, cfg.seed, fixed)
+    if cfg.image_paths not in ("absolute", "relative"):
+        raise UserError(f"image_paths must be absolute or relative, got {cfg.image_paths!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.image_paths == "relative":
+        for r in records:
+            r.images = [os.path.relpath(p, out) for p in r.images]
+    st = stats(records, skips.counts, cleaned)
+    write_jsonl(out / "data.jsonl", [r.to_json() for r in records])
+    splits = {s: [r for r in records if r.split == s] for s in SPLITS}
+    for s, recs in splits.items():
+        write_jsonl(out / f"{s}.jsonl", [r.to_json() for r in recs])
+    write_json(out / "labels.json", label_sets)
+    write_json(out / "stats.json", st)
+    (out / "stats.md").write_text(stats_markdown(st))
+    (out / "build_config.yaml").write_text(yaml.safe_dump({"build": to_dict(cfg)}, sort_keys=False))
+    for name in cfg.export:
+        if name not in EXPORTERS:
+            raise UserError(f"unknown exporter {name!r}; valid: {', '.join(EXPORTERS)}")
+        EXPORTERS[name](splits, out, cfg.name)
+    return st
