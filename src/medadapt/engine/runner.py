@@ -94,6 +94,8 @@ def resolve(cfg: dict) -> dict:
                         "cross-domain")
     if not cfg["seeds"]:
         raise UserError("give at least one seed")
+    from medadapt.engine.features import autocast_dtype
+    autocast_dtype(cfg["data"].get("precision", "auto"), "cpu")  # validates the name
     return cfg
 
 
@@ -182,6 +184,8 @@ class Runner:
             cfg = dict(self.cfg, classnames=list(prep.ds.classnames))
             dump_yaml(cfg, out / "config.yaml")
             atomic_json(out / "classes.json", {"classnames": prep.texts.classnames,
+                                               "train_classnames": [prep.ds.classnames[c] for c in
+                                                                    prep.train_classes],
                                                "templates": prep.texts.templates,
                                                "descriptions": prep.texts.descriptions})
             seeds = self.cfg["seeds"]
@@ -382,8 +386,8 @@ def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"
     backbone = load_backbone(cfg["backbone"], device=pick_device(device))
     cls = get_method(cfg["method"]["name"])
     res = json.loads((sdir / "results.json").read_text())
-    train_names = texts.classnames
-    if res["protocol"] == "base-to-novel":
+    train_names = classes.get("train_classnames") or texts.classnames
+    if "train_classnames" not in classes and res["protocol"] == "base-to-novel":
         base, _ = base_novel_split(texts.classnames, cfg["data"].get("base"), cfg["data"].get("novel"))
         train_names = [texts.classnames[i] for i in base]
     set_seed(int(res["seed"]))
