@@ -9,6 +9,11 @@ if "MEDADAPT_CACHE" not in os.environ:  # CI sets one; locally use a per-user te
     os.environ["MEDADAPT_CACHE"] = str(Path(tempfile.gettempdir()) / "medadapt-test-cache")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: -n 2 on 2 cores
+    import torch
+
+    torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CRC = SHARED / "crc-val-he-7k-sample"
