@@ -1,0 +1,173 @@
+"""Tip-Adapter and Tip-Adapter-F (Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for
+Few-shot Classification", ECCV 2022).
+
+Cache model from the few-shot training set: keys ``F_train`` (L2-normalised image features,
+[NK, D]) and values ``L_train`` (one-hot labels, [NK, C]). For a test feature ``f``:
+
+* affinities ``A = exp(-beta (1 - f F_train^T))``            (Eq. 4)
+* logits ``= logit_scale * f W_c^T + alpha * A L_train``        (Eq. 5-6)
+
+with ``W_c`` the frozen class text features and ``logit_scale`` CLIP's (100 for CLIP; the
+backbone's own value here, as every method in medadapt uses).
+
+``tip-adapter`` is training-free. ``tip-adapter-f`` turns the keys into learnable parameters
+(initialised with the cache, values stay fixed) and fine-tunes them with cross-entropy at the
+initial alpha / beta (AdamW, lr 0.001, 20 epochs, batch 256 as in the released configs).
+
+Both search alpha and beta afterwards on the few-shot **validation** split only (never test):
+the released code's grid ``beta in 0.1 + i (s_beta - 0.1) / n_beta``, ``alpha in 0.1 + j
+(s_alpha - 0.1) / n_alpha`` with ``search_scale = [7, 3]``, ``search_step = [200, 20]``
+(ImageNet config; ``init_beta 1``, ``init_alpha 1.17``). Without a validation split the initial
+values are kept. Ties keep the first grid point (smallest beta, then smallest alpha).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from medadapt.errors import UserError
+from medadapt.methods.base import Batch, Method, register_method, text_features_for
+
+
+def tip_logits(f: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               alpha: float | torch.Tensor, beta: float | torch.Tensor,
+               logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 6: ``logit_scale f W_c^T + alpha exp(-beta (1 - f F^T)) L``; ``f`` normalised."""
+    clip_logits = logit_scale * f @ text.T
+    affinity = torch.exp(-beta * (1 - f @ keys.T))
+    return clip_logits + alpha * affinity @ values
+
+
+def search_alpha_beta(f: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
+                      keys: torch.Tensor, values: torch.Tensor, logit_scale: float,
+                      search_scale=(7.0, 3.0), search_step=(200, 20)) -> tuple[float, float, float]:
+    """Grid search on a validation set; returns (alpha, beta, accuracy)."""
+    sb, sa = float(search_scale[0]), float(search_scale[1])
+    nb, na = int(search_step[0]), int(search_step[1])
+    betas = [i * (sb - 0.1) / nb + 0.1 for i in range(nb)]
+    alphas = torch.tensor([i * (sa - 0.1) / na + 0.1 for i in range(na)], dtype=f.dtype,
+                          device=f.device)
+    clip_logits = logit_scale * f @ text.T  # [N, C]
+    sims = f @ keys.T
+    best = (-1.0, None, None)
+    for b in betas:
+        cache = torch.exp(-b * (1 - sims)) @ values  # [N, C]
+        logits = clip_logits[None] + alphas[:, None, None] * cache[None]  # [A, N, C]
+        acc = (logits.argmax(-1) == labels[None]).float().mean(-1)  # [A]
+        j = int(acc.argmax())
+        if float(acc[j]) > best[0]:
+            best = (float(acc[j]), float(alphas[j]), b)
+    return best[1], best[2], best[0]
+
+
+@register_method("tip-adapter")
+class TipAdapter(Method):
+    paper = "Zhang et al., Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification, ECCV 2022"
+    trainable = False
+    supports_novel = False  # the cache values are one-hot over the training classes
+    defaults = {"init_alpha": 1.17, "init_beta": 1.0, "search": True,
+                "search_scale": [7.0, 3.0], "search_step": [200, 20], "text_mode": "template"}
+    learned_buffers = ("cache_keys", "cache_values", "alpha_beta")
+
+    def __init__(self, backbone, texts, cfg=None):
+        super().__init__(backbone, texts, cfg)
+        d, c = backbone.embed_dim, len(texts.classnames)
+        self.register_buffer("text_features", text_features_for(backbone, texts,
+                                                                self.cfg["text_mode"]),
+                             persistent=False)
+        self.register_buffer("cache_keys", torch.zeros(0, d), persistent=False)
+        self.register_buffer("cache_values", torch.zeros(0, c), persistent=False)
+        self.register_buffer("alpha_beta", torch.tensor([float(self.cfg["init_alpha"]),
+                                                         float(self.cfg["init_beta"])]),
+                             persistent=False)
+
+    # --- cache ----------------------------------------------------------------------------------
+    def build_cache(self, train) -> None:
+        if train.features is None or len(train) == 0:
+            raise UserError(f"{self.name}: no training images for the cache")
+        keys = F.normalize(train.features.float(), dim=-1)
+        if train.views is not None and len(train.views):  # Tip-Adapter averages augmented views
+            keys = F.normalize(torch.cat([train.features[None].float(), train.views.float()]).mean(0),
+                               dim=-1)
+        values = F.one_hot(train.labels, len(self.texts.classnames)).float()
+        dev = self.text_features.device
+        self.cache_keys, self.cache_values = keys.to(dev), values.to(dev)
+
+    def keys(self) -> torch.Tensor:
+        return self.cache_keys
+
+    def _search(self, val, info: dict) -> None:
+        if not self.cfg["search"]:
+            info["alpha_beta_selection"] = "search disabled: initial values"
+            return
+        if val is None or len(val) == 0:
+            info["alpha_beta_selection"] = "no validation set: initial values"
+            return
+        with torch.no_grad():
+            fv = F.normalize(val.features.float(), dim=-1).to(self.text_features.device)
+            a, b, acc = search_alpha_beta(fv, val.labels.to(fv.device), self.text_features,
+                                          self.keys().detach(), self.cache_values,
+                                          float(self.backbone.logit_scale),
+                                          self.cfg["search_scale"], self.cfg["search_step"])
+        self.alpha_beta = torch.tensor([a, b], device=self.alpha_beta.device)
+        info["alpha_beta_selection"] = {"val_accuracy": acc, "n_val": len(val)}
+
+    def fit(self, train, val, engine) -> dict:
+        self.build_cache(train)
+        info: dict = {}
+        self._search(val, info)
+        info["alpha"], info["beta"] = float(self.alpha_beta[0]), float(self.alpha_beta[1])
+        return info
+
+    def n_trainable_params(self) -> int:
+        return 0
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        f = self.image_features(batch)
+        a, b = self.alpha_beta[0], self.alpha_beta[1]
+        return tip_logits(f, self.text_features.to(f.device), self.keys().to(f.device),
+                          self.cache_values.to(f.device), a, b, self.backbone.logit_scale)
+
+
+@register_method("tip-adapter-f")
+class TipAdapterF(TipAdapter):
+    paper = ("Zhang et al., Tip-Adapter: Training-free Adaption of CLIP for Few-shot "
+             "Classification, ECCV 2022 (Tip-Adapter-F)")
+    trainable = True
+    learned_buffers = ("cache_values", "alpha_beta")
+    train_defaults = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 20,
+                      "batch_size": 256, "warmup_epochs": 0, "grad_clip": 0.0}
+
+    def __init__(self, backbone, texts, cfg=None):
+        super().__init__(backbone, texts, cfg)
+        del self.cache_keys
+        self.adapter_keys = nn.Parameter(torch.zeros(0, backbone.embed_dim))
+
+    def build_cache(self, train) -> None:
+        super().build_cache(train)
+        self.adapter_keys = nn.Parameter(self.cache_keys.clone())
+        del self.cache_keys
+
+    def keys(self) -> torch.Tensor:
+        return self.adapter_keys
+
+    def fit(self, train, val, engine) -> dict:
+        self.build_cache(train)
+        self.alpha_beta = torch.tensor([float(self.cfg["init_alpha"]), float(self.cfg["init_beta"])],
+                                       device=self.alpha_beta.device)
+        info = dict(engine.train(self, train, None))
+        self._search(val, info)
+        info["alpha"], info["beta"] = float(self.alpha_beta[0]), float(self.alpha_beta[1])
+        if val is not None and len(val):
+            info["val_accuracy"] = engine.accuracy(self, val)
+        return info
+
+    def load_learned_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        if "adapter_keys" in sd:
+            self.adapter_keys = nn.Parameter(torch.zeros_like(sd["adapter_keys"]).to(
+                self.text_features.device))
+        super().load_learned_state_dict(sd)
+
+    def n_trainable_params(self) -> int:
+        return int(self.adapter_keys.numel())
