@@ -85,6 +85,9 @@ def load_hf_clip(source: str, name: str | None = None, device: str = "cpu",
                  cache_dir: str | None = None) -> HFCLIPBackbone:
     """``source``: a hub id (``vinid/plip``) or a local folder saved with ``save_pretrained``."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # medadapt shows its own progress; no per-load bars
 
     try:
         model = CLIPModel.from_pretrained(source, cache_dir=cache_dir)

@@ -1323,7 +1323,7 @@ def _register() -> None:
                   "23(2):538-546 (2019)"),
         manual=("register at https://derm.cs.sfu.ca, download release_v0.zip and unzip it "
                 "there (release_v0/meta/meta.csv, release_v0/images/)"),
-        template_set="dermatology", descriptions="derm7pt.json"))
+        template_set="dermatology", descriptions="derm7pt.json", hierarchy="derm7pt.yaml"))
 
     DATASETS.register("bccd-cells", DatasetInfo(
         name="bccd-cells", classnames=list(BCCD_CLASSES), build=build_bccd_cells,

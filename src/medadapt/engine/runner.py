@@ -273,7 +273,7 @@ class Runner:
             base = self._evaluate(prep, backbone, method, engine, cache, train_cls, log, "base")
             result["metrics"], result["base"] = base["metrics"], base["metrics"]["accuracy"]
             n_bad += base["n_bad"]
-            if cls.supports_novel:
+            if method.supports_novel:  # the instance decides (e.g. CoOp with class-specific context)
                 method.set_classes(prep.texts.for_classes([ds.classnames[c] for c in prep.novel_classes]))
                 nov = self._evaluate(prep, backbone, method, engine, cache, prep.novel_classes, log,
                                      "novel")

@@ -36,7 +36,8 @@ TRAIN_DEFAULTS = {
     "grad_clip": 1.0,  # max gradient norm; 0 disables
     "amp": True,  # only used on CUDA
     "eval_every": 0,  # epochs between validation passes (0: only at the end)
-    "checkpoint": True,  # save a checkpoint every epoch (enables --resume)
+    "checkpoint": True,  # save checkpoints during training (enables --resume)
+    "checkpoint_every": 0,  # epochs between checkpoints; 0: about 20 per run
     "workers": 0,
 }
 
@@ -187,7 +188,8 @@ class Engine:
                 rec["val_accuracy"] = self.accuracy(method, val)
                 method.train()
             history.append(rec)
-            if ckpt:
+            every = c["checkpoint_every"] or max(1, c["epochs"] // 20)
+            if ckpt and ((epoch + 1) % every == 0 or epoch + 1 == c["epochs"]):
                 self._save_ckpt(method, opt, epoch + 1, history, ckpt, state_path)
         bar.close()
         method.eval()
