@@ -10,10 +10,11 @@ if "MEDADAPT_CACHE" not in os.environ:  # CI sets one; locally use a per-user te
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: -n 2 on 2 cores
-    import torch
+# The tiny test models gain nothing from intra-op threads, and with two pytest workers on two
+# cores a thread pool per worker oversubscribes the machine (10-100x slower steps).
+import torch  # noqa: E402
 
-    torch.set_num_threads(1)
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CRC = SHARED / "crc-val-he-7k-sample"

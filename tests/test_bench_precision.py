@@ -8,14 +8,6 @@ from medadapt.engine.features import FeatureCache, autocast_dtype
 from medadapt.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_autocast_dtype_table():
     assert autocast_dtype("auto", "cuda") is torch.float16
     assert autocast_dtype("auto", "cpu") is None

@@ -19,14 +19,6 @@ from medadapt.engine import runner as runner_mod
 METHODS = ["zero-shot", "zs-ensemble", "linear-probe"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores; a tiny model gains nothing from threads
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def grid_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("bench")

@@ -13,14 +13,6 @@ from medadapt.methods.biomed_dpt import (CLINICAL_TEMPLATES, distill_kl, distill
                                          prune_descriptions, resolve_template)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)  # random adaptor / prompt inits: every test sees the same ones

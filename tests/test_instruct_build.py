@@ -16,17 +16,6 @@ PVQA = DATA / "pathvqa-text" / "pvqa_test.json"
 TILES = sorted(CRC.glob("*/*.png"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core CI machine (or under
-    pytest-xdist) OpenMP threads fighting for cores make them many times slower."""
-    import torch
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture
 def pvqa_images(tmp_path):
     """PathVQA ships text only here: stand-in images named by img_id (real H&E tiles)."""

@@ -14,17 +14,6 @@ CRC = DATA / "crc-val-he-7k-sample"
 PVQA = DATA / "pathvqa-text" / "pvqa_test.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core CI machine (or under
-    pytest-xdist) OpenMP threads fighting for cores make them many times slower."""
-    import torch
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_add_parser_contract():
     parser = argparse.ArgumentParser(prog="medadapt")
     add_parser(parser.add_subparsers(dest="command"))

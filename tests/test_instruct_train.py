@@ -23,17 +23,6 @@ ANSWERS = {"ADI": "Adipose tissue", "LYM": "Lymphocytes", "TUM": "Colorectal ade
            "MUS": "Smooth muscle"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core CI machine (or under
-    pytest-xdist) OpenMP threads fighting for cores make them many times slower."""
-    import torch
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _item(code, i=0, q="What tissue type is shown in this image?"):
     tile = sorted((CRC / code).glob("*.png"))[i]
     return {"id": f"{code}{i}", "task": "classification", "source": "crc", "label": code,

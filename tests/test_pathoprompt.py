@@ -13,14 +13,6 @@ from medadapt.methods.pathoprompt import (TEMPLATE_PRESETS, TokenEnhancer, loss_
                                           loss_pds, pairwise_distance_sum, prototypes, psi_mean)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine's 2 cores are shared; tiny models gain nothing from more
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)  # random adaptor / prompt inits: every test sees the same ones

@@ -14,16 +14,6 @@ FAMILIES = ["tiny-hf-clip", "tiny-open-clip", "tiny-open-clip-bpe"]
 NAMES = ["adipose tissue", "lymphocytes", "tumor"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from intra-op threads, and on a shared 2-core machine the
-    thread pool's spinning makes a step 10-100x slower; restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("medadapt_cache")

@@ -38,16 +38,6 @@ OVERFIT = {"coop": (_CSC, 0.01), "kgcoop": ({**_CSC, "lambda": 0.1}, 0.01),
            "promptsrc": ({"text_loss_weight": 0.25, "image_loss_weight": 0.1, "kl_weight": 0.1}, 0.03)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from intra-op threads, and on a shared 2-core machine the
-    thread pool's spinning makes a step 10-100x slower; restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny folder data set (3 colour-coded classes, explicit splits) and a descriptions file."""

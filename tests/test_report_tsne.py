@@ -10,14 +10,6 @@ import torch
 from conftest import CRC, run_cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_tsne_before_after(tmp_path, shared_data):
     runs = tmp_path / "runs"
     common = ["--backbone", "tiny-hf-clip", "--dataset", f"folder:{CRC}", "--shots", "2",

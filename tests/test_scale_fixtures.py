@@ -86,16 +86,13 @@ import torch  # noqa: E402
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A shared cache folder for the session's tiny backbones and features, and one torch thread
-    (tiny models on a busy 2-core machine: OpenMP spinning costs ~20x); both restored after."""
+    """A shared cache folder for the session's tiny backbones and features (conftest already
+    limits torch to one thread)."""
     cache = tmp_path_factory.getbasetemp() / "medadapt-cache"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDADAPT_CACHE", str(cache))
         mp.setenv("TOKENIZERS_PARALLELISM", "false")
         yield cache
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
