@@ -24,10 +24,15 @@ DEMO_STEPS_IMAGES = 36
 DEMO_BATCH = 32
 
 
-def demo_train_cfg(needs_images: bool, n_items: int) -> dict:
+# Per-method exceptions: CoCoOp encodes the class prompts once per image (batch x classes text
+# passes per step); CLIP-Adapter's steps cost almost nothing and it needs many of them.
+DEMO_STEP_OVERRIDES = {"cocoop": 30, "clip-adapter": 600}
+
+
+def demo_train_cfg(needs_images: bool, n_items: int, method: str = "") -> dict:
     steps_per_epoch = max(1, -(-n_items // DEMO_BATCH))
-    target = DEMO_STEPS_IMAGES if needs_images else DEMO_STEPS
-    epochs = max(1, min(30, -(-target // steps_per_epoch)))
+    target = DEMO_STEP_OVERRIDES.get(method, DEMO_STEPS_IMAGES if needs_images else DEMO_STEPS)
+    epochs = max(1, min(600, -(-target // steps_per_epoch)))
     return {"epochs": epochs, "batch_size": DEMO_BATCH, "checkpoint": False, "warmup_epochs": 0}
 
 
@@ -93,7 +98,7 @@ def run_demo(args) -> int:
         if "n_iters_per_shot" in cls.defaults:  # CLIP-LoRA's own 500 x shots schedule
             mcfg["n_iters_per_shot"] = None
         cfg = {"backbone": backbone, "dataset": dataset, "method": mcfg, "shots": k,
-               "seeds": seeds, "train": demo_train_cfg(cls.needs_images, k * n_classes)}
+               "seeds": seeds, "train": demo_train_cfg(cls.needs_images, k * n_classes, m)}
         if cls.needs_descriptions and not meaningful:
             continue
         if "hierarchy" in cls.defaults and not ds_meta.get("hierarchy"):
