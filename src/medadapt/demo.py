@@ -148,10 +148,13 @@ def _write_report(out: Path, rows, failures, backbone, dataset, shots, meaningfu
     if failures:
         (out / "failures.json").write_text(json.dumps(failures, indent=1))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in dict.fromkeys(r["method"] for r in rows):
+    markers = "osD^vP*Xh<>p"
+    for i, m in enumerate(dict.fromkeys(r["method"] for r in rows)):
         rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["shots"])
         ax.errorbar([r["shots"] for r in rs], [100 * r["mean"] for r in rs],
-                    yerr=[100 * r["std"] for r in rs], marker="o", capsize=3, label=m)
+                    yerr=[100 * r["std"] for r in rs], marker=markers[i % len(markers)],
+                    color=plt.cm.tab20(i % 20), linestyle="-" if i < 10 else "--", capsize=3,
+                    label=m)
     ax.set_xscale("log", base=2)
     ax.set_xticks(shots, [str(k) for k in shots])
     ax.set_xlabel("shots per class")
