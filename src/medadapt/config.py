@@ -61,17 +61,24 @@ def normalise(cfg: dict) -> dict:
     return cfg
 
 
-def load_yaml(path: str | Path) -> dict:
+def read_yaml_mapping(path: str | Path, what: str = "config file", allow_empty: bool = True) -> dict:
+    """A YAML file that must hold a mapping; every problem is a one-line ``UserError``."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"config file not found: {p}")
+        raise UserError(f"{what} not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise UserError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if data is None and allow_empty:
+        data = {}
     if not isinstance(data, dict):
-        raise UserError(f"{p}: a config file must be a YAML mapping")
-    return normalise(data)
+        raise UserError(f"{p}: a {what} must be a YAML mapping")
+    return data
+
+
+def load_yaml(path: str | Path) -> dict:
+    return normalise(read_yaml_mapping(path, "config file"))
 
 
 def apply_sets(cfg: dict, sets: list[str]) -> dict:

@@ -42,7 +42,7 @@ from PIL import Image
 
 from medadapt.data.dataset import (DataSet, Record, array_to_rgb, files_fingerprint, open_rgb,
                                    stratified_split)
-from medadapt.data.sources import (DATASETS, IMAGE_EXTS, MEDMNIST_CLASSES, DatasetInfo,
+from medadapt.data.sources import (DATASETS, IMAGE_EXTS, MEDMNIST_CLASSES, DatasetInfo, npz_records,
                                    cache_home, data_home)
 from medadapt.errors import UserError
 
@@ -372,24 +372,12 @@ class _ArrayLoader:
 
 def medmnist_from_npz(path: Path, flavour: str) -> DataSet:
     arrays, fp = _npz_arrays(path)
-    splits = [s for s in ("train", "val", "test") if f"{s}_images" in arrays]
-    if not splits or any(f"{s}_labels" not in arrays for s in splits):
-        raise UserError(f"{path}: not a MedMNIST-layout npz (needs train/val/test _images and "
-                        f"_labels; found {sorted(arrays)})")
     names = MEDMNIST_CLASSES[flavour]
-    records = []
-    for s in splits:
-        imgs, labels = arrays[f"{s}_images"], np.asarray(arrays[f"{s}_labels"])
-        if labels.ndim == 2 and labels.shape[1] > 1:
-            raise UserError(f"{path}: multi-label npz ({s}_labels shape {labels.shape}) is not "
-                            "supported for single-label classification")
-        labels = labels.reshape(-1).astype(np.int64)
-        if len(imgs) != len(labels):
-            raise UserError(f"{path}: {s}_images and {s}_labels differ in length")
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
-            raise UserError(f"{path}: {s}_labels outside 0..{len(names) - 1}; is this really "
-                            f"{flavour}?")
-        records += [Record(id=f"{s}/{i}", label=int(y), split=s) for i, y in enumerate(labels)]
+    records = npz_records(path, arrays)
+    bad = next((r for r in records if not 0 <= r.label < len(names)), None)
+    if bad is not None:
+        raise UserError(f"{path}: {bad.split}_labels outside 0..{len(names) - 1}; is this really "
+                        f"{flavour}?")
     return DataSet(name=flavour, classnames=list(names), records=records,
                    loader=_ArrayLoader(arrays, "_images"), fingerprint=fp,
                    root=str(path.parent),

@@ -211,6 +211,25 @@ def from_csv(path: str, name: str | None = None, split_seed: int = 0) -> DataSet
                    root=base)
 
 
+def npz_records(path: Path, arrays: dict) -> list[Record]:
+    """Records of a MedMNIST-layout npz (``{split}_images`` / ``{split}_labels``), checked."""
+    splits = [s for s in ("train", "val", "test") if f"{s}_images" in arrays]
+    if not splits or any(f"{s}_labels" not in arrays for s in splits):
+        raise UserError(f"{path}: not a MedMNIST-layout npz (needs train/val/test _images and "
+                        f"_labels; found {sorted(arrays)})")
+    records = []
+    for s in splits:
+        imgs, labels = arrays[f"{s}_images"], np.asarray(arrays[f"{s}_labels"])
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            raise UserError(f"{path}: multi-label npz ({s}_labels shape {labels.shape}) is not "
+                            "supported for single-label classification")
+        labels = labels.reshape(-1).astype(np.int64)
+        if len(imgs) != len(labels):
+            raise UserError(f"{path}: {s}_images and {s}_labels differ in length")
+        records += [Record(id=f"{s}/{i}", label=int(y), split=s) for i, y in enumerate(labels)]
+    return records
+
+
 def from_npz(path: str, classnames: list[str] | None = None, name: str | None = None) -> DataSet:
     """MedMNIST layout: ``{train,val,test}_images`` (N,H,W[,3] uint8) and ``*_labels`` (N,1)."""
     f = _require_dir(path, "npz")
@@ -229,31 +248,15 @@ def from_npz(path: str, classnames: list[str] | None = None, name: str | None = 
         arrays = {k: z[k] for k in z.files}
     except Exception as e:  # zipfile.BadZipFile, ValueError, OSError ...
         raise UserError(f"cannot read npz file {f}: {type(e).__name__}: {e}") from None
-    splits = [s for s in ("train", "val", "test") if f"{s}_images" in arrays]
-    if not splits or any(f"{s}_labels" not in arrays for s in splits):
-        raise UserError(f"{f}: not a MedMNIST-layout npz (needs train/val/test _images and "
-                        f"_labels; found {sorted(arrays)})")
-    records, images = [], {}
-    all_labels = []
-    for s in splits:
-        imgs, labels = arrays[f"{s}_images"], arrays[f"{s}_labels"]
-        if labels.ndim == 2 and labels.shape[1] > 1:
-            raise UserError(f"{f}: multi-label npz ({s}_labels shape {labels.shape}) is not "
-                            "supported for single-label classification")
-        labels = labels.reshape(-1).astype(np.int64)
-        if len(imgs) != len(labels):
-            raise UserError(f"{f}: {s}_images and {s}_labels differ in length")
-        images[s] = imgs
-        all_labels.append(labels)
-        records += [Record(id=f"{s}/{i}", label=int(y), split=s) for i, y in enumerate(labels)]
-    n_classes = int(max(l.max() for l in all_labels)) + 1
+    records = npz_records(f, arrays)
+    n_classes = max(r.label for r in records) + 1
     names = classnames
     if names is None or len(names) < n_classes:
         names = [f"class {i}" for i in range(n_classes)]
 
     def loader(r: Record):
         s, i = r.id.split("/")
-        return array_to_rgb(images[s][int(i)])
+        return array_to_rgb(arrays[f"{s}_images"][int(i)])
 
     import hashlib
     h = hashlib.sha256()

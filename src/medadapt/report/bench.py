@@ -58,7 +58,7 @@ from typing import Any, Callable
 
 import yaml
 
-from medadapt.config import apply_sets, deep_update, normalise
+from medadapt.config import apply_sets, deep_update, normalise, read_yaml_mapping
 from medadapt.errors import UserError
 
 GRID_KEYS = {"name", "title", "description", "out", "backbones", "datasets", "methods", "shots",
@@ -228,14 +228,7 @@ class RunSpec:
 
 def load_grid(path: str | Path) -> dict:
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"grid file not found: {p}")
-    try:
-        grid = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(grid, dict):
-        raise UserError(f"{p}: a grid file must be a YAML mapping")
+    grid = read_yaml_mapping(p, "grid file", allow_empty=False)
     bad = set(grid) - GRID_KEYS
     if bad:
         raise UserError(f"{p}: unknown grid keys {sorted(bad)}; valid: {sorted(GRID_KEYS)}")
