@@ -5,8 +5,15 @@
   ``<image>`` placeholders.
 * Loss only on assistant tokens: every assistant turn's span is found by rendering the
   conversation up to that turn with and without it (``add_generation_prompt``), tokenizing both
-  through the processor and taking the common prefix -- no template-specific markers needed.
-  The answer's end-of-turn token is supervised too, so the model learns to stop.
+  through the tokenizer and taking the common prefix -- no template-specific markers needed.
+  The spans are found on the text before image-token expansion and mapped onto the processor's
+  output, so the image processor runs once per item (not ``2T + 1`` times for ``T`` turns).
+* **Stop token**: each supervised answer must end with the model's end-of-turn or EOS token, as
+  LLaVA supervises ``answer</s>`` (``preprocess_v1``: ``conv.sep2``). When the chat template writes
+  none inside the answer span (LLaVA-1.5-hf writes ``ASSISTANT: answer `` with no ``</s>``,
+  LLaVA-NeXT-mistral writes the literal text ``<\\s>``), the tokenizer's EOS id is inserted right
+  after the answer's last non-blank token and supervised. ChatML / Qwen2-VL (``<|im_end|>``) and
+  Idefics (``<end_of_utterance>``) templates already emit one, so nothing is inserted there.
 * Image tokens are never truncated away (a classic failure of SFT tools that clip at
   ``max_length`` and then crash or silently mis-align image features): when a sequence is longer
   than ``max_length`` the text after the last image token is cut; if that is not enough,
@@ -25,6 +32,18 @@ from medadapt.errors import UserError
 from medadapt.instruct.records import BadItem, Record, split_content
 
 IGNORE = -100
+# special tokens that end a turn in common chat templates (besides the tokenizer's EOS)
+END_OF_TURN = ("<|im_end|>", "<end_of_utterance>", "<|eot_id|>", "<|end|>", "<end_of_turn>",
+               "<|endoftext|>", "</s>")
+
+
+def stop_token_ids(processor) -> list[int]:
+    """EOS plus the end-of-turn special tokens the tokenizer knows (generation stops on any)."""
+    tok = getattr(processor, "tokenizer", processor)
+    vocab = tok.get_vocab()
+    ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    ids += [vocab[t] for t in END_OF_TURN if t in vocab and vocab[t] not in ids]
+    return ids
 
 
 def hf_messages(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -98,6 +117,9 @@ class ChatEncoder:
         if self.truncation not in ("right", "error"):
             raise UserError(f"truncation must be 'right' or 'error', got {self.truncation!r}")
         self.image_ids = image_token_ids(self.processor)
+        self.stop_ids = set(stop_token_ids(self.processor))
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        self.eos_id = tok.eos_token_id
 
     def render(self, messages: list[dict[str, str]], generation_prompt: bool = False,
                where: str = "") -> str:
@@ -119,29 +141,74 @@ class ChatEncoder:
             raise BadItem(where, f"the processor rejects this item ({str(e).splitlines()[0]})",
                           "processor_error") from None
 
-    def encode(self, rec: Record) -> dict[str, torch.Tensor]:
-        """Tokenize a full conversation; ``labels`` are ``-100`` except on assistant turns."""
+    def _text_ids(self, text: str) -> list[int]:
+        """Token ids of a rendered text before image-token expansion (tokenizer only)."""
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        bos = getattr(tok, "bos_token", None)
+        add = not (bos and text.startswith(bos))
+        return tok(text, add_special_tokens=add)["input_ids"]
+
+    def _spans(self, msgs: list[dict[str, str]], where: str
+               ) -> tuple[list[int], list[tuple[int, int, int]]]:
+        """Unexpanded ids of the whole conversation and, per assistant turn, ``(start, end,
+        content_end)``: the turn's span as the template writes it, and where the answer's own
+        text ends inside it (before template text such as LLaVA-NeXT's literal ``<\\s>``)."""
+        ids = self._text_ids(self.render(msgs, where=where))
+        spans = []
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            start = _common_prefix(self._text_ids(self.render(msgs[:i], True, where)), ids)
+            upto = self.render(msgs[: i + 1], where=where)
+            end = _common_prefix(self._text_ids(upto), ids)
+            content = m["content"].strip()
+            k = upto.rfind(content) if content else -1
+            cend = end
+            if k >= 0:
+                cend = min(end, max(start + 1, _common_prefix(
+                    self._text_ids(upto[: k + len(content)]), ids)))
+            if end > start:
+                spans.append((start, end, cend))
+        return ids, spans
+
+    def encode(self, rec: Record, info: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+        """Tokenize a full conversation; ``labels`` are ``-100`` except on assistant turns.
+
+        ``info`` (optional) receives ``truncated`` (1 if the item was cut to ``max_length``),
+        ``turns_dropped`` (assistant turns lost entirely), ``turns_cut`` (cut inside) and
+        ``eos_inserted`` (answers whose stop token the template did not write).
+        """
         where = rec.where or rec.id
         images = load_images(rec)
         msgs = rec.messages
         full = self._tokenize(self.render(msgs, where=where), images, where)
         ids = full["input_ids"][0].tolist()
+        flat, spans = self._spans(msgs, where)
+        pos = _align(flat, ids)
         labels = [IGNORE] * len(ids)
-        for i, m in enumerate(msgs):
-            if m["role"] != "assistant":
-                continue
-            n_img = sum(x["content"].count("<image>") for x in msgs[:i])
-            prefix = self._tokenize(self.render(msgs[:i], True, where), images[:n_img], where)
-            upto = self._tokenize(self.render(msgs[: i + 1], where=where), images[:n_img], where)
-            start = _common_prefix(prefix["input_ids"][0].tolist(), ids)
-            end = _common_prefix(upto["input_ids"][0].tolist(), ids)
-            labels[start:end] = ids[start:end]
+        inserts = []
+        for s, e, ce in spans:
+            a, b, c = pos[s], pos[e - 1], pos[ce - 1]
+            if a is None or b is None or c is None:
+                raise BadItem(where, "cannot locate an answer in the processor's output",
+                              "template_error")
+            b, c = b + 1, c + 1
+            if not any(t in self.stop_ids for t in ids[a:b]):
+                # no stop token from the template: supervise the answer's text, then EOS (LLaVA's
+                # "answer</s>"); template text after the answer stays unsupervised
+                b = c
+                inserts.append(b)
+            labels[a:b] = ids[a:b]
         out = {k: v[0] if _is_seq(v, len(ids)) else v for k, v in full.items() if torch.is_tensor(v)}
         out["labels"] = torch.tensor(labels)
+        if inserts and self.eos_id is not None:
+            out = _insert(out, inserts, self.eos_id, len(ids))
         if not any(x != IGNORE for x in labels):
             raise BadItem(where, "no assistant tokens found after applying the chat template",
                           "no_answer_tokens")
-        return self._fit(out, where)
+        if info is not None:
+            info["eos_inserted"] = info.get("eos_inserted", 0) + len(inserts)
+        return self._fit(out, where, info)
 
     def _image_positions(self, enc: dict[str, torch.Tensor]) -> list[int]:
         ids = enc["input_ids"]
@@ -152,7 +219,8 @@ class ChatEncoder:
             mask |= enc["mm_token_type_ids"] != 0
         return mask.nonzero().flatten().tolist()
 
-    def _fit(self, enc: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    def _fit(self, enc: dict[str, torch.Tensor], where: str,
+             info: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
         n = enc["input_ids"].shape[0]
         if n <= self.max_length:
             return enc
@@ -166,6 +234,14 @@ class ChatEncoder:
                 where, f"{n} tokens exceed max_length {self.max_length} and truncating would cut "
                 f"image tokens (they end at token {last}); raise max_length (config max_length / "
                 "--max-length) or use smaller / fewer images", "image_tokens_truncated")
+        if info is not None:
+            sup = (enc["labels"] != IGNORE).int().tolist()
+            turns = [(i, j) for i, j in _runs(sup)]
+            info["truncated"] = info.get("truncated", 0) + 1
+            info["turns_dropped"] = info.get("turns_dropped", 0) + sum(
+                i >= self.max_length for i, _ in turns)
+            info["turns_cut"] = info.get("turns_cut", 0) + sum(
+                i < self.max_length < j for i, j in turns)
         seq_len = n
         enc = {k: (v[: self.max_length] if _is_seq(v, seq_len, batched=False) else v)
                for k, v in enc.items()}
@@ -179,6 +255,53 @@ class ChatEncoder:
         return self.render(rec.messages[:-1], True, rec.where or rec.id), load_images(rec)
 
 
+def _runs(flags: list[int]) -> list[tuple[int, int]]:
+    """``[start, end)`` of each run of 1s."""
+    out, start = [], None
+    for i, f in enumerate(flags + [0]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            out.append((start, i))
+            start = None
+    return out
+
+
+def _align(flat: list[int], expanded: list[int]) -> list[int | None]:
+    """Index in ``expanded`` (image tokens expanded by the processor) of each token of ``flat``.
+
+    Text tokens are identical in both; only image placeholders differ (one ``<image>`` becomes
+    many, or ``<fake_token_around_image><image>...``). Tokens of ``flat`` with no counterpart map
+    to None.
+    """
+    import difflib
+
+    pos: list[int | None] = [None] * len(flat)
+    sm = difflib.SequenceMatcher(None, flat, expanded, autojunk=False)
+    for a, b, n in sm.get_matching_blocks():
+        for k in range(n):
+            pos[a + k] = b + k
+    return pos
+
+
+def _insert(enc: dict[str, torch.Tensor], where: list[int], token: int, seq_len: int
+            ) -> dict[str, torch.Tensor]:
+    """Insert ``token`` (supervised) before each index in ``where`` of every sequence field."""
+    out = {}
+    for k, v in enc.items():
+        if not _is_seq(v, seq_len, batched=False):
+            out[k] = v
+            continue
+        fill = token if k in ("input_ids", "labels") else (1 if k == "attention_mask" else 0)
+        parts, prev = [], 0
+        for w in sorted(where):
+            parts += [v[prev:w], torch.tensor([fill], dtype=v.dtype)]
+            prev = w
+        parts.append(v[prev:])
+        out[k] = torch.cat(parts)
+    return out
+
+
 def _is_seq(v: torch.Tensor, seq_len: int, batched: bool = True) -> bool:
     if batched:
         return v.dim() == 2 and v.shape[0] == 1 and v.shape[1] == seq_len
@@ -186,7 +309,8 @@ def _is_seq(v: torch.Tensor, seq_len: int, batched: bool = True) -> bool:
 
 
 class Collator:
-    """Pad sequence fields (right), stack per-image fields (``pixel_values``, ``image_grid_thw``...)."""
+    """Pad sequence fields (right), concatenate per-image fields (``pixel_values``,
+    ``image_grid_thw``, ...), zero-padding LLaVA-NeXT's per-image patch counts."""
 
     def __init__(self, pad_token_id: int):
         self.pad = pad_token_id
@@ -203,5 +327,24 @@ class Collator:
                 out[k] = torch.stack([torch.nn.functional.pad(v, (0, longest - v.shape[0]), value=fill)
                                       for v in vals])
             else:
-                out[k] = torch.cat(vals, dim=0)
+                out[k] = _cat_padded(vals)
         return out
+
+
+def _cat_padded(vals: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-item tensors on dim 0, zero-padding the other dims to the largest.
+
+    LLaVA-NeXT gives each image ``(1, n_patches, 3, H, W)`` with ``n_patches`` depending on the
+    image's aspect ratio; its processor zero-pads within one call and the model keeps only the
+    real patches (from ``image_sizes``), so padding here is what a batched processor call does.
+    """
+    if len({v.dim() for v in vals}) == 1 and vals[0].dim() > 1:
+        shape = [max(v.shape[d] for v in vals) for d in range(1, vals[0].dim())]
+        padded = []
+        for v in vals:
+            pad: list[int] = []
+            for d in reversed(range(1, v.dim())):
+                pad += [0, shape[d - 1] - v.shape[d]]
+            padded.append(torch.nn.functional.pad(v, pad) if any(pad) else v)
+        vals = padded
+    return torch.cat(vals, dim=0)

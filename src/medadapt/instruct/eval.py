@@ -24,7 +24,7 @@ import torch
 from medadapt.errors import UserError
 from medadapt.instruct import scoring
 from medadapt.instruct.config import EvalConfig, to_dict
-from medadapt.instruct.encode import ChatEncoder, call_processor
+from medadapt.instruct.encode import ChatEncoder, call_processor, stop_token_ids
 from medadapt.instruct.records import Record, read_records, write_json, write_jsonl
 
 
@@ -61,6 +61,10 @@ def generate(model, processor, records: list[Record], batch_size: int = 8,
     tok.padding_side = "left"
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     device = next(model.parameters()).device
+    # stop on the model's own EOS ids and on every end-of-turn token training supervised
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stop = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+    stop += [t for t in stop_token_ids(processor) if t not in stop]
     outs: list[str] = []
     try:
         for i in tqdm(range(0, len(records), batch_size), desc="generate", unit="batch", disable=None):
@@ -78,7 +82,7 @@ def generate(model, processor, records: list[Record], batch_size: int = 8,
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
             gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 num_beams=1, pad_token_id=pad)
+                                 num_beams=1, pad_token_id=pad, eos_token_id=stop)
             new = gen[:, inputs["input_ids"].shape[1]:]
             outs += [s.strip() for s in tok.batch_decode(new, skip_special_tokens=True)]
     finally:
