@@ -86,7 +86,6 @@ class EvalConfig:
     limit: int = 0
     split: str = "test"
     fuzzy_cutoff: float = 0.8
-    bleu_level: str = "corpus"
     dtype: str = "auto"
     merge_lora: bool = True
 

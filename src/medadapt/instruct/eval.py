@@ -119,7 +119,7 @@ def score(records: list[Record], preds: list[str], labels: dict[str, Any],
         elif task == "vqa":
             res = scoring.vqa_scores(ps, refs)
         else:
-            res = scoring.text_scores(ps, refs, cfg.bleu_level)
+            res = scoring.text_scores(ps, refs)
         results[key] = {"task": task, **res}
     return results, rows
 
@@ -182,14 +182,20 @@ def evaluate(models: list[str], data: str | Path, out: str | Path, cfg: EvalConf
 
 
 HEADLINE = {
-    "classification": [("F1", lambda r: r["fuzzy"]["macro_f1"]), ("Recall", lambda r: r["fuzzy"]["macro_recall"]),
+    # Table 2 of PathInsight: F1 and recall micro-averaged, unparseable answers not predictions
+    "classification": [("F1", lambda r: r["fuzzy"]["micro_f1"]), ("Recall", lambda r: r["fuzzy"]["micro_recall"]),
                        ("Acc", lambda r: r["fuzzy"]["accuracy"]),
-                       ("F1 exact", lambda r: r["exact"]["macro_f1"]),
+                       ("macro-F1", lambda r: r["fuzzy"]["macro_f1"]),
+                       ("F1 exact", lambda r: r["exact"]["micro_f1"]),
                        ("unparsed", lambda r: r["counts"]["unparseable"])],
-    "caption": [("BLEU-1", lambda r: r["bleu1"]), ("ROUGE-1", lambda r: r["rouge1"])],
-    "conversation": [("BLEU-1", lambda r: r["bleu1"]), ("ROUGE-1", lambda r: r["rouge1"])],
-    "vqa": [("yes/no acc", lambda r: r["yes_no_accuracy"]), ("open EM", lambda r: r["open_exact_match"]),
-            ("open F1", lambda r: r["open_token_f1"])],
+    "caption": [("BLEU-1", lambda r: r["bleu1_nltk_sentence_mean"]), ("ROUGE-1", lambda r: r["rouge1_f1"]),
+                ("ROUGE-1 R", lambda r: r["rouge1_recall"])],
+    "conversation": [("BLEU-1", lambda r: r["bleu1_nltk_sentence_mean"]), ("ROUGE-1", lambda r: r["rouge1_f1"]),
+                     ("ROUGE-1 R", lambda r: r["rouge1_recall"])],
+    # LLaVA-Med's PathVQA columns
+    "vqa": [("closed acc", lambda r: r["closed_accuracy"]), ("open recall", lambda r: r["open_recall"]),
+            ("EM", lambda r: r["exact_match"]), ("open F1", lambda r: r["open_f1"]),
+            ("open BLEU-1", lambda r: r["open_bleu1_nltk_sentence_mean"])],
 }
 
 

@@ -297,7 +297,7 @@ def _llava_record(obj: Any, where: str, img_dir: Path) -> Record | BadItem:
             rest = m["content"].replace(IMAGE_PLACEHOLDER, "").strip()
             m["content"] = (IMAGE_PLACEHOLDER + "\n") * n + rest
     rid = str(obj.get("id", where.rsplit(":", 1)[-1]))
-    task = "conversation" if len(msgs) > 2 else "vqa"
+    task = "conversation"  # free-text answers, single- or multi-turn: scored as text, never by exact match
     return Record(id=rid, messages=msgs, images=images, task=task, where=where)
 
 
