@@ -1,5 +1,6 @@
 """Data builder: real CRC-VAL-HE-7K tiles and PathVQA questions, cleaning, split, exports, bad input."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -200,3 +201,25 @@ def test_keep_he_and_top_n_logic(tmp_path):
     assert [r.id for r in kept] == ["0", "2"] and n == 1
     kept, n = top_n_by_similarity(recs, FakeBackbone(), 2)  # text "b" etc. -> prompt-0-like [1, 0]
     assert [r.id for r in kept] == ["0", "1"] and n == 1
+
+
+def test_split_is_by_image_across_sources(tmp_path):
+    """The same tiles as classification items and as captions: each tile's items share a split."""
+    tiles = sorted(CRC.glob("*/*.png"))[:32]
+    f = tmp_path / "captions.csv"
+    f.write_text("image,caption\n" + "".join(f"{t},caption of tile {i}\n" for i, t in enumerate(tiles)))
+    g = tmp_path / "vqa.csv"
+    g.write_text("image,question,answer\n" + "".join(f"{t},Is it H&E?,yes\n" for t in tiles[:8]))
+    st = build(cfg([crc_source(), {"kind": "caption-csv", "path": str(f), "name": "cap"},
+                    {"kind": "vqa-csv", "path": str(g), "name": "vqa", "split": "test"}]), tmp_path / "o")
+    recs = read_records(tmp_path / "o" / "data.jsonl")
+    by_image = {}
+    for r in recs:
+        by_image.setdefault(r.images[0], set()).add(r.split)
+    assert len(by_image) >= 32 and all(len(s) == 1 for s in by_image.values())
+    real = {}
+    for k, v in by_image.items():
+        real.setdefault(os.path.realpath(k), set()).update(v)
+    assert all(len(s) == 1 for s in real.values())  # one file by two paths is one image
+    assert all(real[os.path.realpath(t)] == {"test"} for t in tiles[:8])  # forced split wins
+    assert st["per_split"]["train"] > 0

@@ -161,3 +161,66 @@ def test_qlora_without_bitsandbytes_or_gpu_is_a_clear_error(tiny, two_items, tmp
         pass
     with pytest.raises(UserError, match="qlora needs"):
         train(_cfg(method="qlora", max_steps=1), tiny, two_items, tmp_path / "run")
+
+
+def test_adapter_from_relative_model_path_loads_from_another_folder(tiny, two_items, tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(tiny).parent)
+    train(_cfg(method="lora", max_steps=1), Path(tiny).name, two_items, tmp_path / "run")
+    cfg = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(Path(tiny).resolve())
+    monkeypatch.chdir(tmp_path)
+    model, _ = load_for_inference(str(tmp_path / "run" / "final"))
+    assert model is not None
+
+
+def test_stage1_trains_only_the_projector(tiny, two_items, tmp_path):
+    s = train(_cfg(method="full", freeze_llm=True, freeze_vision=True, learning_rate=1e-2, max_steps=2),
+              tiny, two_items, tmp_path / "run")
+    before = load_model(tiny).state_dict()
+    after = load_model(str(tmp_path / "run" / "final")).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("multi_modal_projector" in k for k in changed)
+    assert s["n_trainable_params"] == sum(v.numel() for k, v in before.items() if "multi_modal_projector" in k)
+
+
+def test_projector_learning_rate_and_length_grouping(tiny, two_items, tmp_path, monkeypatch):
+    from medadapt.instruct import train as T
+    seen = {}
+    orig = T._trainer_class
+
+    def spy():
+        cls = orig()
+
+        class Spy(cls):
+            def create_optimizer(self, *a, **k):
+                opt = super().create_optimizer(*a, **k)
+                seen["lrs"] = sorted({g["lr"] for g in opt.param_groups})
+                return opt
+
+            def _get_train_sampler(self, *a, **k):
+                sampler = super()._get_train_sampler(*a, **k)
+                seen["sampler"] = type(sampler).__name__
+                return sampler
+        return Spy
+
+    monkeypatch.setattr(T, "_trainer_class", spy)
+    train(_cfg(method="lora", learning_rate=2e-4, projector_lr=2e-5, group_by_length=True, max_steps=1,
+               **{"lora.modules_to_save": ["multi_modal_projector"]}), tiny, two_items, tmp_path / "run")
+    assert seen["lrs"] == [2e-5, 2e-4] and seen["sampler"] == "LengthGroupedSampler"
+
+
+def test_truncation_is_counted_and_warned(tiny, tmp_path):
+    item = _item("ADI")
+    item["messages"] += [{"role": "user", "content": "Is it benign?"},
+                         {"role": "assistant", "content": "Yes, benign adipose tissue."}]
+    f = _write(tmp_path / "train.jsonl", [item, _item("LYM")])
+    proc = load_processor(tiny)
+    rec = read_records(f)[0]
+    n = ChatEncoder(proc).encode(rec)["input_ids"].shape[0]
+    first_end = int((ChatEncoder(proc).encode(rec)["labels"] != IGNORE).nonzero()[0]) + 6
+    with pytest.warns(UserWarning, match="1 of 2 training items exceed"):
+        s = train(_cfg(max_steps=1, max_length=first_end), tiny, f, tmp_path / "run")
+    assert first_end < n
+    assert s["truncation"]["truncated"] == 1 and s["truncation"]["turns_dropped"] == 1
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["truncation"]["turns_dropped"] == 1

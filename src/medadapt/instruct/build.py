@@ -15,9 +15,10 @@ Output folder::
     llamafactory/              sharegpt JSON per split + dataset_info.json
     swift/                     ms-swift JSONL per split
 
-The split is fixed by the seed and made per source, by image (all questions about one image land
-in the same split), spreading each class across splits; a source's own split (PathVQA's
-train / val / test files) is kept.
+The split is fixed by the seed and made by image across all sources (all items about one image,
+from whichever source, land in the same split), spreading each class of each source across
+splits; a source's own split (PathVQA's train / val / test files) is kept and the other items on
+its images follow it.
 """
 from __future__ import annotations
 
@@ -92,33 +93,61 @@ def clean(records: list[Record], cfg: BuildConfig) -> tuple[list[Record], Counte
     return out, dropped
 
 
+def _image_groups(records: list[Record]) -> list[list[Record]]:
+    """Records linked by a shared image (across all sources) form one group (union-find)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    keys = []
+    for r in records:
+        nodes = [f"img:{os.path.realpath(p)}" for p in r.images] or [f"id:{r.id}"]
+        for n in nodes[1:]:
+            parent[find(n)] = find(nodes[0])
+        keys.append(nodes[0])
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r, k in zip(records, keys):
+        groups[find(k)].append(r)
+    return list(groups.values())
+
+
 def assign_splits(records: list[Record], fractions: dict[str, float], seed: int,
                   fixed: dict[str, str]) -> None:
-    """Set ``rec.split`` for every record (see module docstring)."""
+    """Set ``rec.split`` for every record (see module docstring).
+
+    By image across all sources: records that share an image, whatever their source, land in
+    one split. A source's own split (``fixed``) is kept, and the other records on its images
+    follow it. The remaining groups are split per source (the source of the group's first
+    record), stratified by class, in the given proportions.
+    """
     bad = set(fractions) - set(SPLITS)
     if bad or any(v < 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
         raise UserError(f"split must give non-negative fractions for {', '.join(SPLITS)}; got {fractions}")
     total = sum(fractions.values())
     frac = {s: fractions.get(s, 0.0) / total for s in SPLITS}
-    by_source: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        if r.id in fixed:
-            r.split = fixed[r.id]
-        else:
-            by_source[r.source].append(r)
-    for source, recs in sorted(by_source.items()):
-        groups: dict[str, list[Record]] = defaultdict(list)
-        for r in recs:
-            groups[r.images[0] if r.images else r.id].append(r)
+    by_source: dict[str, list[list[Record]]] = defaultdict(list)
+    for group in _image_groups(records):
+        pinned = [fixed[r.id] for r in group if r.id in fixed]
+        if pinned:
+            for r in group:
+                r.split = fixed.get(r.id, pinned[0])
+            continue
+        group.sort(key=lambda r: (r.source, r.id))
+        by_source[group[0].source].append(group)
+    for source, groups in sorted(by_source.items()):
         rng = random.Random(f"{seed}:{source}")
-        keys = sorted(groups)
-        rng.shuffle(keys)
-        keys.sort(key=lambda k: str(groups[k][0].label or ""))  # strata by class, shuffled within
+        groups.sort(key=lambda g: g[0].images[0] if g[0].images else g[0].id)
+        rng.shuffle(groups)
+        groups.sort(key=lambda g: str(g[0].label or ""))  # strata by class, shuffled within
         done = Counter()
-        for n, k in enumerate(keys, start=1):
+        for n, g in enumerate(groups, start=1):
             split = max(SPLITS, key=lambda s: (frac[s] * n - done[s], frac[s]))
             done[split] += 1
-            for r in groups[k]:
+            for r in g:
                 r.split = split
 
 

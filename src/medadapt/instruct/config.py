@@ -50,7 +50,10 @@ class TrainConfig:
     method: str = "full"
     freeze_vision: bool = False
     freeze_projector: bool = False
+    freeze_llm: bool = False
     learning_rate: float = 1e-5
+    projector_lr: float | None = None
+    group_by_length: bool = False
     warmup_ratio: float = 0.05
     epochs: float = 3.0
     max_steps: int = -1
@@ -130,7 +133,7 @@ def _build(cls, data: dict[str, Any], where: str):
 def _coerce(v: Any, typ: str, what: str) -> Any:
     """YAML reads ``1e-5`` as a string and ``no`` as False: give fields their declared type."""
     try:
-        if typ == "float" and isinstance(v, (str, int)) and not isinstance(v, bool):
+        if typ in ("float", "float | None") and isinstance(v, (str, int)) and not isinstance(v, bool):
             return float(v)
         if typ == "int" and isinstance(v, (str, float)) and not isinstance(v, bool):
             if float(v) != int(float(v)):

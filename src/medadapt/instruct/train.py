@@ -73,7 +73,7 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, quantization=None)
     """``AutoModelForImageTextToText.from_pretrained`` (hub id or folder), one-line errors."""
     from transformers import AutoModelForImageTextToText
 
-    kw: dict[str, Any] = {"dtype": dtype}
+    kw: dict[str, Any] = {_dtype_kwarg(): dtype}
     if quantization is not None:
         kw["quantization_config"] = quantization
     try:
@@ -81,6 +81,14 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, quantization=None)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load {path} as an image-text-to-text model: "
                         f"{str(e).splitlines()[0]}") from None
+
+
+def _dtype_kwarg() -> str:
+    """``dtype=`` (transformers >= 4.56) or ``torch_dtype=`` (older releases) for ``from_pretrained``."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
 def _find(model: torch.nn.Module, names: tuple[str, ...]) -> str | None:
@@ -125,6 +133,13 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
+        if cfg.freeze_llm:  # stage 1 (LLaVA "pretrain"): everything but vision tower and projector
+            keep = [x for x in (vision_prefix(model), _find(model, PROJECTOR_NAMES)) if x]
+            if _find(model, PROJECTOR_NAMES) is None:
+                raise UserError("freeze_llm: cannot find the projector in this model")
+            for name, p in model.named_parameters():
+                if not any(name == k or name.startswith(k + ".") for k in keep):
+                    p.requires_grad_(False)
         if cfg.freeze_vision:
             vis = vision_prefix(model)
             if vis is None:
@@ -132,6 +147,8 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
             _set_trainable(model, vis, False)
         if cfg.freeze_projector:
             _set_trainable(model, _find(model, PROJECTOR_NAMES), False)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise UserError("nothing left to train: freeze_llm, freeze_vision and freeze_projector are all set")
         return model
     from peft import LoraConfig, get_peft_model
 
@@ -152,8 +169,10 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 class SFTDataset(torch.utils.data.Dataset):
     """Records encoded on the fly (images are not held in memory)."""
 
-    def __init__(self, records: list[Record], encoder: ChatEncoder):
+    def __init__(self, records: list[Record], encoder: ChatEncoder, lengths: list[int] | None = None):
         self.records, self.encoder = records, encoder
+        # token counts for group_by_length (from precheck), else a character-based estimate
+        self.lengths = lengths or [sum(len(m["content"]) for m in r.messages) // 4 + 1 for r in records]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -162,21 +181,25 @@ class SFTDataset(torch.utils.data.Dataset):
         return self.encoder.encode(self.records[i])
 
 
-def precheck(records: list[Record], encoder: ChatEncoder, skip_bad: bool, what: str
-             ) -> tuple[list[Record], dict[str, int]]:
-    """Encode every record once (progress bar) so bad items stop the run before training."""
+def precheck(records: list[Record], encoder: ChatEncoder, skip_bad: bool, what: str,
+             info: dict[str, int] | None = None) -> tuple[list[Record], dict[str, int], list[int]]:
+    """Encode every record once (progress bar) so bad items stop the run before training.
+
+    Returns the kept records, skipped counts by reason and each kept record's token count;
+    truncation counts go into ``info`` (see :meth:`ChatEncoder.encode`).
+    """
     from tqdm import tqdm
 
-    kept, skipped = [], {}
+    kept, skipped, lengths = [], {}, []
     for r in tqdm(records, desc=f"check {what}", unit="item", disable=None):
         try:
-            encoder.encode(r)
+            lengths.append(int(encoder.encode(r, info)["input_ids"].shape[0]))
             kept.append(r)
         except BadItem as e:
             if not skip_bad:
                 raise UserError(f"{e} (use --skip-bad to skip and count such items)") from None
             skipped[e.reason] = skipped.get(e.reason, 0) + 1
-    return kept, skipped
+    return kept, skipped, lengths
 
 
 def _data_files(data: str | Path) -> tuple[Path, Path | None]:
@@ -243,7 +266,8 @@ def _training_args(TrainingArguments, cfg: TrainConfig, out: Path, dtype: torch.
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio,
+        max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        **_version_kwargs(TrainingArguments, cfg),
         lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, logging_steps=cfg.logging_steps,
         logging_first_step=True, save_strategy=save, save_steps=cfg.save_steps,
@@ -257,6 +281,25 @@ def _training_args(TrainingArguments, cfg: TrainConfig, out: Path, dtype: torch.
     )
 
 
+def _version_kwargs(TrainingArguments, cfg: TrainConfig) -> dict[str, Any]:
+    """Warm-up ratio and length-grouped batching under the names this transformers release uses.
+
+    transformers 5 dropped ``warmup_ratio`` (a float ``warmup_steps`` < 1 is a ratio there) and
+    ``group_by_length`` (now ``train_sampling_strategy="group_by_length"``); on 4.x a float
+    ``warmup_steps`` would silently mean 0 steps.
+    """
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise UserError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    kw: dict[str, Any] = ({"warmup_ratio": cfg.warmup_ratio} if "warmup_ratio" in names
+                          else {"warmup_steps": cfg.warmup_ratio})
+    if cfg.group_by_length:
+        kw.update({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names
+                  else {"group_by_length": True})
+    return kw
+
+
 def _checkpointing_kwargs(TrainingArguments, on: bool) -> dict[str, Any]:
     """Activation (gradient) checkpointing under the name this transformers version uses."""
     import dataclasses
@@ -265,10 +308,59 @@ def _checkpointing_kwargs(TrainingArguments, on: bool) -> dict[str, Any]:
     return {key: on, f"{key}_kwargs": {"use_reentrant": False}} if on else {}
 
 
+def _trainer_class():
+    """``transformers.Trainer`` with LLaVA's two additions: a separate projector learning rate
+    (LLaVA ``LLaVATrainer.create_optimizer``: ``mm_projector_lr``) and length-grouped batches from
+    known token counts (no second encoding pass over the data)."""
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class SFTTrainer(Trainer):
+        projector_lr: float | None = None
+
+        def create_optimizer(self, *args, **kwargs):
+            if self.projector_lr is None or self.optimizer is not None:
+                return super().create_optimizer(*args, **kwargs)
+            model = self.model
+            decay = set(self.get_decay_parameter_names(model))
+            groups: dict[tuple[bool, bool], list] = {}
+            for n, p in model.named_parameters():
+                if p.requires_grad:
+                    proj = any(part in PROJECTOR_NAMES for part in n.split("."))
+                    groups.setdefault((proj, n in decay), []).append(p)
+            params = [{"params": ps, "weight_decay": self.args.weight_decay if dec else 0.0,
+                       **({"lr": self.projector_lr} if proj else {})}
+                      for (proj, dec), ps in groups.items()]
+            cls, kw = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = cls(params, **kw)
+            return self.optimizer
+
+        def _get_train_sampler(self, *args, **kwargs):
+            ds = args[0] if args else kwargs.get("train_dataset", self.train_dataset)
+            ds = ds if ds is not None else self.train_dataset
+            strategy = getattr(self.args, "train_sampling_strategy", None)
+            grouped = strategy == "group_by_length" or getattr(self.args, "group_by_length", False)
+            if grouped and hasattr(ds, "lengths"):
+                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                            dataset=ds, lengths=ds.lengths)
+            return super()._get_train_sampler(*args, **kwargs)
+
+    return SFTTrainer
+
+
+def base_model_id(path: str) -> str:
+    """A local model folder as an absolute path (an adapter must find its base from anywhere),
+    a hub id unchanged."""
+    p = Path(path).expanduser()
+    return str(p.resolve()) if p.exists() else path
+
+
 def train(cfg: TrainConfig, model_path: str, data: str | Path, out: str | Path,
           resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune ``model_path`` on ``data`` (a built folder or a JSONL) into ``out``."""
-    from transformers import Trainer, set_seed
+    import warnings
+
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     if cfg.method not in ("full", "lora", "qlora"):
@@ -292,17 +384,26 @@ def train(cfg: TrainConfig, model_path: str, data: str | Path, out: str | Path,
     if not train_recs:
         raise UserError(f"{train_file}: no training items")
     set_seed(cfg.seed)
+    model_path = base_model_id(model_path)
     dtype = resolve_dtype(cfg.dtype)
     processor = load_processor(model_path)
     encoder = ChatEncoder(processor, max_length=cfg.max_length, truncation=cfg.truncation)
+    truncation: dict[str, int] = {"truncated": 0, "turns_dropped": 0, "turns_cut": 0, "eos_inserted": 0}
+    lengths = None
     if cfg.precheck:
-        train_recs, sk = precheck(train_recs, encoder, cfg.skip_bad, "train")
+        train_recs, sk, lengths = precheck(train_recs, encoder, cfg.skip_bad, "train", truncation)
         for k, v in sk.items():
             skipped[k] = skipped.get(k, 0) + v
         if val_recs:
-            val_recs, sk = precheck(val_recs, encoder, cfg.skip_bad, "val")
+            val_recs, sk, _ = precheck(val_recs, encoder, cfg.skip_bad, "val")
             for k, v in sk.items():
                 skipped[k] = skipped.get(k, 0) + v
+        if truncation["truncated"]:
+            msg = (f"{truncation['truncated']} of {len(train_recs)} training items exceed max_length "
+                   f"{cfg.max_length} and are cut: {truncation['turns_dropped']} assistant turn(s) "
+                   f"dropped, {truncation['turns_cut']} cut short (raise max_length to keep them)")
+            warnings.warn(msg, stacklevel=2)
+            print(f"warning: {msg}")
     if not train_recs:
         raise UserError(f"{train_file}: no training items left after skipping bad ones ({skipped})")
     model = load_model(model_path, dtype, _quantization(cfg, dtype))
@@ -311,9 +412,10 @@ def train(cfg: TrainConfig, model_path: str, data: str | Path, out: str | Path,
     tok = getattr(processor, "tokenizer", processor)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     args = training_args(cfg, out, dtype, bool(val_recs))
-    trainer = Trainer(model=model, args=args, train_dataset=SFTDataset(train_recs, encoder),
+    trainer = _trainer_class()(model=model, args=args, train_dataset=SFTDataset(train_recs, encoder, lengths),
                       eval_dataset=SFTDataset(val_recs, encoder) if val_recs else None,
                       data_collator=Collator(pad), processing_class=processor)
+    trainer.projector_lr = cfg.projector_lr
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=ckpt)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -325,6 +427,7 @@ def train(cfg: TrainConfig, model_path: str, data: str | Path, out: str | Path,
     summary: dict[str, Any] = {
         "method": cfg.method, "base_model": model_path, "data": str(train_file),
         "n_train": len(train_recs), "n_val": len(val_recs), "skipped": skipped,
+        "truncation": truncation if cfg.precheck else None,
         "n_trainable_params": n_train, "n_params": n_total, "losses": losses,
         "val_losses": [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h],
         "train_loss": float(result.training_loss), "steps": trainer.state.global_step,
