@@ -37,3 +37,16 @@ def test_overrides_are_typed_and_checked(tmp_path):
     bad.write_text("train:\n  method: [full\n")
     with pytest.raises(UserError, match=rf"{bad}:\d+: invalid YAML"):
         C.load("train", bad)
+
+
+def test_anchor_and_two_stage_configs():
+    root = Path(__file__).parents[1] / "configs" / "instruct"
+    a = C.load("train", root / "llava-anchors-lora.yaml")  # LLaVA-1.5 finetune_lora.sh
+    assert (a.lora.r, a.lora.alpha, a.learning_rate, a.projector_lr) == (128, 256, 2e-4, 2e-5)
+    assert a.lora.modules_to_save == ["multi_modal_projector"] and a.group_by_length
+    s1 = C.load("train", root / "llava-two-stage.yaml", key="stage1")
+    assert s1.freeze_llm and s1.freeze_vision and s1.learning_rate == 1e-3
+    s2 = C.load("train", root / "llava-two-stage.yaml")
+    assert not s2.freeze_llm and s2.learning_rate == 2e-5
+    with pytest.raises(UserError, match="no section 'stage3'"):
+        C.load("train", root / "llava-two-stage.yaml", key="stage3")

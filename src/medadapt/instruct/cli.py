@@ -164,7 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cli["merge_lora"] = True
     if args.skip_bad:
         cli["skip_bad"] = True
-    cfg = C.load("train", args.config, args.set, cli)
+    if args.freeze_llm:
+        cli["freeze_llm"] = True
+    cfg = C.load("train", args.config, args.set, cli, key=args.section)
     s = train(cfg, args.model, args.data, args.out, resume=args.resume, overwrite=args.overwrite)
     losses = s["losses"]
     print(f"trained {s['method']} on {s['n_train']} items, {s['steps']} steps, "
@@ -198,6 +200,12 @@ def _train_parser(sub) -> None:
                    help=f"full fine-tuning, LoRA, or QLoRA (needs bitsandbytes + CUDA) (default: {_T.method})")
     p.add_argument("--freeze-vision", action="store_true",
                    help="full method: keep the vision tower frozen (default: trainable, as the paper)")
+    p.add_argument("--freeze-llm", action="store_true",
+                   help="full method: keep the language model frozen; with --freeze-vision only the "
+                        "projector trains (LLaVA stage-1 pre-training) (default: trainable)")
+    p.add_argument("--section", default=None, metavar="NAME",
+                   help="read the training keys from section NAME of --config instead of 'train', "
+                        "e.g. stage1 of configs/instruct/llava-two-stage.yaml (default: train)")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {_T.learning_rate})")
     p.add_argument("--epochs", type=float, default=None, help=f"training epochs (default: {_T.epochs:g})")
     p.add_argument("--max-steps", type=int, default=None,

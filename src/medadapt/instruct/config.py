@@ -151,8 +151,11 @@ def _coerce(v: Any, typ: str, what: str) -> Any:
 
 
 def load(section: str, path: str | Path | None = None, sets: list[str] | None = None,
-         cli: dict[str, Any] | None = None):
-    """Resolve one section (``build`` / ``train`` / ``eval``): defaults < YAML < CLI < --set."""
+         cli: dict[str, Any] | None = None, key: str | None = None):
+    """Resolve one section (``build`` / ``train`` / ``eval``): defaults < YAML < CLI < --set.
+
+    ``key`` reads the section's values from another top-level key of the YAML (e.g. ``stage1``
+    of a two-stage config holds ``train`` values)."""
     data = dict(_default_yaml().get(section, {}))
     where = f"default.yaml:{section}"
     if path:
@@ -167,8 +170,11 @@ def load(section: str, path: str | Path | None = None, sets: list[str] | None = 
             raise UserError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(user, dict):
             raise UserError(f"{p}: expected a mapping with sections build / train / eval")
-        if section in user:
-            data = _merge(data, user[section] or {})
+        key = key or section
+        if key not in user and key != section:
+            raise UserError(f"{p}: no section {key!r} (has: {', '.join(map(str, user))})")
+        if key in user:
+            data = _merge(data, user[key] or {})
         where = str(p)
     for k, v in (cli or {}).items():
         if v is not None:

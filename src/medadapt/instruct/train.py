@@ -113,6 +113,8 @@ def lora_targets(model: torch.nn.Module, lora) -> list[str]:
             continue
         if not lora.vision and vis and (name == vis or name.startswith(vis + ".")):
             continue
+        if set(name.split(".")) & set(lora.modules_to_save):  # trained fully, no LoRA inside
+            continue
         if wanted is not None and name.split(".")[-1] not in wanted:
             continue
         out.append(name)
