@@ -261,10 +261,12 @@ def _eval_parser(sub) -> None:
         "eval", help="evaluate base and fine-tuned models, Table 2 style",
         formatter_class=_Fmt,
         description="Greedy generation over a split; classification answers mapped to labels (exact, "
-                    "synonym, fuzzy; unparseable counted) -> precision / recall / F1 per class and macro; "
-                    "captions and conversations -> BLEU-1/4 (sacrebleu), ROUGE-1/L (rouge-score); VQA -> "
-                    "yes/no accuracy, open exact match and token F1. Writes a comparison table of all "
-                    "models (PathInsight Section 3, Table 2).",
+                    "synonym, fuzzy; unparseable counted, never a prediction) -> micro precision / recall / "
+                    "F1 (the headline, as PathInsight's Table 2), macro over the classes present, per class; "
+                    "captions and conversations -> BLEU-1 (the anchors' nltk sentence mean; sacrebleu corpus "
+                    "BLEU-1/4 beside it), ROUGE-1/L F1 and recall (rouge-score); VQA -> LLaVA-Med's closed "
+                    "accuracy, open recall, exact match, F1, BLEU-1. Writes a comparison table of all models "
+                    "(PathInsight Section 3, Table 2). See docs/instruct.md, 'Metrics'.",
         epilog="example:\n  medadapt instruct eval --data data/pi --out runs/eval "
                "--model base=llava-hf/llava-1.5-7b-hf --model lora=runs/llava-lora/final")
     p.add_argument("--model", action="append", metavar="[NAME=]ID_OR_DIR",
@@ -287,6 +289,55 @@ def _eval_parser(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad items (default: stop with file:line)")
     _common(p, "eval")
     p.set_defaults(func=_safe(cmd_eval))
+
+
+# --- pathvqa -------------------------------------------------------------------------------------
+def cmd_pathvqa(args: argparse.Namespace) -> int:
+    """PathVQA evaluation as LLaVA-Med reports it."""
+    from medadapt.instruct import config as C
+    from medadapt.instruct.eval import comparison_markdown
+    from medadapt.instruct.pathvqa import evaluate_pathvqa
+
+    cli = {"split": args.split, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+           "limit": args.limit, "dtype": args.dtype}
+    cfg = C.load("eval", args.config, args.set, cli)
+    res = evaluate_pathvqa(args.pathvqa, args.out, cfg, args.model, args.predictions, args.images)
+    print(f"PathVQA {cfg.split}: {res['n']} questions ({res['n_without_answer']} without an answer left out)")
+    print(comparison_markdown(res["comparison"]), end="")
+    print(f"results in {args.out} (comparison.md, <model>/metrics.json, <model>/predictions.jsonl)")
+    return 0
+
+
+def _pathvqa_parser(sub) -> None:
+    p = sub.add_parser(
+        "pathvqa", help="PathVQA evaluation as LLaVA-Med reports it (closed acc, open recall, EM, F1, BLEU-1)",
+        formatter_class=_Fmt,
+        description="Read PathVQA's own split (pvqa_SPLIT.json, LXMERT layout), let each model answer every "
+                    "question greedily, or read answers from a file, and score them as LLaVA-Med does: "
+                    "closed (yes/no) accuracy, open-question recall, exact match, token F1, BLEU-1.",
+        epilog="examples:\n  medadapt instruct pathvqa --pathvqa data/pathvqa --images data/pathvqa/images "
+               "--out runs/pvqa --model lora=runs/llava-lora/final\n"
+               "  medadapt instruct pathvqa --pathvqa data/pathvqa --out runs/pvqa "
+               "--predictions llava-med=answers.jsonl   # id+prediction or question_id+text")
+    p.add_argument("--pathvqa", required=True, metavar="DIR_OR_JSON",
+                   help="folder with pvqa_{train,val,test}.json, or one such file (required)")
+    p.add_argument("--images", metavar="DIR", default=None,
+                   help="PathVQA images <img_id>.jpg/.png (needed with --model; default: DIR/images)")
+    p.add_argument("--split", default=None, help="PathVQA split: train, val or test (default: test)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
+    p.add_argument("--model", action="append", metavar="[NAME=]ID_OR_DIR", default=None,
+                   help="model to evaluate (hub id, model or adapter folder); repeatable (default: none)")
+    p.add_argument("--predictions", action="append", metavar="[NAME=]FILE.jsonl", default=None,
+                   help="answers made elsewhere: JSONL with id + prediction (medadapt) or question_id + text "
+                        "(LLaVA-Med); repeatable (default: none)")
+    p.add_argument("--batch-size", type=int, default=None, help=f"generation batch size (default: {_E.batch_size})")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"maximum generated tokens per answer (default: {_E.max_new_tokens})")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions (default: all)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
+                   help="weights dtype (default: auto)")
+    _common(p, "eval")
+    p.set_defaults(func=_safe(cmd_pathvqa))
 
 
 # --- merge --------------------------------------------------------------------------------------
@@ -315,12 +366,13 @@ def add_parser(subparsers) -> None:
         "instruct", help="pathology instruction data, multimodal-LLM fine-tuning and evaluation (PathInsight)",
         description="PathInsight pipeline (Wu et al.): build ChatML instruction data, fine-tune a "
                     "multimodal LLM (full / LoRA / QLoRA), evaluate base vs fine-tuned. See docs/instruct.md.")
-    sub = p.add_subparsers(dest="instruct_cmd", metavar="{build,train,eval,merge}")
+    sub = p.add_subparsers(dest="instruct_cmd", metavar="{build,train,eval,merge,pathvqa}")
     sub.required = True
     _build_parser(sub)
     _train_parser(sub)
     _eval_parser(sub)
     _merge_parser(sub)
+    _pathvqa_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
