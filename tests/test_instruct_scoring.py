@@ -195,6 +195,14 @@ def test_fuzzy_never_resolves_ambiguous_answers(answer):
     assert scoring.map_label(answer, CRC["classes"]) == (None, "unparseable")
 
 
+def test_typo_correction_leaves_short_and_real_words_alone():
+    from medadapt.instruct.labels import PCAM
+    assert scoring.map_label("It is not clear", PCAM["classes"]) == (None, "unparseable")  # not -> no
+    only_mucus = {"MUC": {"name": "mucus", "synonyms": ["mucous"]}, "STR": {"name": "stroma"}}
+    assert scoring.map_label("Mucosa", only_mucus) == (None, "unparseable")  # 2 edits from mucous
+    assert scoring.map_label("mucos", only_mucus) == ("MUC", "fuzzy")
+
+
 def test_fuzzy_fixes_typos_of_one_class():
     assert scoring.map_label("Lymphocytez", CRC["classes"]) == ("LYM", "fuzzy")
     assert scoring.map_label("Adipse tisue", CRC["classes"]) == ("ADI", "fuzzy")

@@ -9,8 +9,9 @@ classification, BLEU-1 and ROUGE-1 for captioning. Here:
   dropping a lead-in such as "this is" / "the tissue shows"),
   ``synonym`` (it contains as whole words a name / code / synonym of exactly one class; a phrase
   inside a longer match -- "tumor" in "tumor stroma" -- does not count on its own), ``fuzzy``
-  (the same after correcting typos word by word: a word that is no word of any class phrase is
-  replaced by the closest such word with difflib ratio >= ``fuzzy_cutoff``). An answer naming
+  (the same after correcting typos word by word: a word of 4+ letters that is no word of any
+  class phrase is replaced by the single closest such word with difflib ratio >= ``fuzzy_cutoff``
+  and one edit away, two from 8 letters on). An answer naming
   two classes is unparseable at every level, and a real vocabulary word is never "corrected"
   into another ("mucosa" is not a typo of "mucous"). Unparseable answers are not predictions:
   they lower recall, not precision.
@@ -71,14 +72,32 @@ def _classes_named(text: str, phrases: dict[str, list[str]]) -> set[str]:
     return {c for ph, c in hits if not any(len(o) > len(ph) and _contains(o, ph) for o, _ in hits)}
 
 
+def _edits(a: str, b: str) -> int:
+    """Optimal-string-alignment distance (insert, delete, substitute, swap neighbours)."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
 def _fix_typos(text: str, words: set[str], cutoff: float) -> str:
-    """Replace each word that is no vocabulary word by the single closest one (ratio >= cutoff)."""
+    """Replace each word that is no vocabulary word by the single closest one -- a typo only: at
+    least 4 letters, difflib ratio >= ``cutoff`` and one edit away (two from 8 letters on), so
+    "not" never becomes "no" and "mucosa" never becomes "mucous"."""
     out = []
     for w in text.split():
-        if w not in words:
-            scored = sorted(((difflib.SequenceMatcher(None, w, v).ratio(), v) for v in words), reverse=True)
-            if scored and scored[0][0] >= cutoff and (len(scored) == 1 or scored[1][0] < scored[0][0]):
-                w = scored[0][1]
+        if w not in words and len(w) >= 4:
+            near = [v for v in words if difflib.SequenceMatcher(None, w, v).ratio() >= cutoff
+                    and _edits(w, v) <= (1 if len(w) < 8 else 2)]
+            if len(near) == 1:
+                w = near[0]
+            elif near:  # fewest edits, then highest ratio; a tie on both corrects nothing
+                best = sorted((_edits(w, v), -difflib.SequenceMatcher(None, w, v).ratio(), v) for v in near)
+                if best[0][:2] != best[1][:2]:
+                    w = best[0][2]
         out.append(w)
     return " ".join(out)
 
