@@ -22,10 +22,12 @@ SUPERVISED = {
     "llava-1.5": " Adipose tissue</s> Yes.</s>",              # template writes no </s>: inserted
     "llava-next": " Adipose tissue</s> Yes.</s>",             # template writes the text "<\s>": not EOS
     "qwen2-vl": "Adipose tissue<|im_end|>\nYes.<|im_end|>\n",  # template's own end-of-turn
+    "qwen2.5-vl": "Adipose tissue<|im_end|>\nYes.<|im_end|>\n",
     "idefics2": " Adipose tissue<end_of_utterance>\n Yes.<end_of_utterance>\n",
 }
 IDS = {"llava-1.5": {"</s>": 2, "<image>": 32000}, "llava-next": {"</s>": 2, "<image>": 32000},
        "qwen2-vl": {"<|im_end|>": 151645, "<|image_pad|>": 151655},
+       "qwen2.5-vl": {"<|im_end|>": 151645, "<|image_pad|>": 151655},
        "idefics2": {"<end_of_utterance>": 32002, "<image>": 32001}}
 
 

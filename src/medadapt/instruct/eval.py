@@ -82,7 +82,7 @@ def generate(model, processor, records: list[Record], batch_size: int = 8,
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
             gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 num_beams=1, pad_token_id=pad, eos_token_id=stop)
+                                 num_beams=1, pad_token_id=pad, eos_token_id=stop or None)
             new = gen[:, inputs["input_ids"].shape[1]:]
             outs += [s.strip() for s in tok.batch_decode(new, skip_special_tokens=True)]
     finally:

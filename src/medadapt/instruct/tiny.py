@@ -179,6 +179,12 @@ FAMILIES: dict[str, dict] = {
                               "<|vision_start|>": 151652, "<|vision_end|>": 151653,
                               "<|image_pad|>": 151655, "<|video_pad|>": 151656},
                  "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>", "unk": None, "add_bos": False},
+    # Qwen/Qwen2.5-VL-*-Instruct: the same template string and special-token ids, its own processor class
+    "qwen2.5-vl": {"template": QWEN2_VL_TEMPLATE,
+                   "specials": {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+                                "<|vision_start|>": 151652, "<|vision_end|>": 151653,
+                                "<|image_pad|>": 151655, "<|video_pad|>": 151656},
+                   "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>", "unk": None, "add_bos": False},
     "idefics2": {"template": IDEFICS2_TEMPLATE,
                  "specials": {**LLAMA_SPECIALS, "<fake_token_around_image>": 32000, "<image>": 32001,
                               "<end_of_utterance>": 32002},
@@ -243,8 +249,8 @@ def _family_processor(family: str, tokenizer, image_size: int, patch_size: int):
         return LlavaNextProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=patch_size,
                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                   chat_template=tpl)
-    if family == "qwen2-vl":
-        from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+    if family in ("qwen2-vl", "qwen2.5-vl"):
+        from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor
         ip = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, merge_size=2,
                                    temporal_patch_size=2)
         try:
@@ -253,7 +259,8 @@ def _family_processor(family: str, tokenizer, image_size: int, patch_size: int):
         except ImportError:  # older transformers: no separate video processor
             vp = None
         kw = {"video_processor": vp} if vp is not None else {}
-        return Qwen2VLProcessor(image_processor=ip, tokenizer=tokenizer, chat_template=tpl, **kw)
+        cls = Qwen2VLProcessor if family == "qwen2-vl" else Qwen2_5_VLProcessor
+        return cls(image_processor=ip, tokenizer=tokenizer, chat_template=tpl, **kw)
     if family == "idefics2":
         from transformers import Idefics2ImageProcessor, Idefics2Processor
         ip = Idefics2ImageProcessor(do_image_splitting=False,
