@@ -32,11 +32,16 @@ IDS = {"llava-1.5": {"</s>": 2, "<image>": 32000}, "llava-next": {"</s>": 2, "<i
 
 
 @pytest.fixture(scope="module")
-def procs(tmp_path_factory):
-    from transformers import AutoProcessor
+def family_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
-    return {f: AutoProcessor.from_pretrained(build_tiny_family(f, root / f, [Q, "Adipose tissue Yes."],
-                                                               with_model=False)) for f in FAMILIES}
+    return {f: build_tiny_family(f, root / f, [Q, "Adipose tissue Yes."], with_model=f == "qwen2-vl")
+            for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def procs(family_dirs):
+    from transformers import AutoProcessor
+    return {f: AutoProcessor.from_pretrained(d) for f, d in family_dirs.items()}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -130,3 +135,16 @@ def test_llava_next_batches_images_with_different_patch_counts(tmp_path):
     with torch.no_grad():
         loss = model(**batch).loss
     assert torch.isfinite(loss)
+
+
+def test_qwen2vl_batches_images_with_different_grids(family_dirs, procs, tmp_path):
+    from medadapt.instruct.train import load_model
+    path, proc = family_dirs["qwen2-vl"], procs["qwen2-vl"]
+    recs = read_records(_items(tmp_path, 2, ((56, 56), (56, 28))))
+    encs = [ChatEncoder(proc).encode(r) for r in recs]
+    assert [e["pixel_values"].shape[0] for e in encs] == [16, 8]  # patches of 14 px, 2x2 temporal
+    batch = Collator(proc.tokenizer.pad_token_id)(encs)
+    assert batch["pixel_values"].shape[0] == 24 and batch["image_grid_thw"].shape == (2, 3)
+    assert batch["mm_token_type_ids"].shape == batch["input_ids"].shape
+    with torch.no_grad():
+        assert torch.isfinite(load_model(str(path))(**batch).loss)

@@ -279,9 +279,9 @@ def build_tiny_family(family: str, out_dir: str | Path, texts: Iterable[str] = (
                       hidden: int = 32, seed: int = 0) -> Path:
     """A tiny random model of ``family``'s real class with its real chat template and token ids.
 
-    Families: ``llava-1.5`` (LlavaForConditionalGeneration), ``llava-next``
-    (LlavaNextForConditionalGeneration), ``qwen2-vl`` and ``idefics2`` (processor only unless
-    ``with_model``; Qwen2VLForConditionalGeneration / Idefics2ForConditionalGeneration).
+    Models: ``llava-1.5`` (LlavaForConditionalGeneration), ``llava-next``
+    (LlavaNextForConditionalGeneration), ``qwen2-vl`` (Qwen2VLForConditionalGeneration); the other
+    families (``qwen2.5-vl``, ``idefics2``) are processor only (``with_model=False``).
     """
     import torch
     from transformers import CLIPVisionConfig, LlamaConfig
@@ -314,6 +314,17 @@ def build_tiny_family(family: str, out_dir: str | Path, texts: Iterable[str] = (
                               image_token_id=ids["<image>"], vision_feature_select_strategy="default",
                               vision_feature_layer=-1, image_grid_pinpoints=NEXT_PINPOINTS(image_size))
         model = LlavaNextForConditionalGeneration(cfg)
+    elif family == "qwen2-vl":
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        text.update(tie_word_embeddings=True,  # as Qwen2-VL-2B
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]})
+        cfg = Qwen2VLConfig(
+            vision_config=dict(depth=1, embed_dim=hidden, num_heads=2, hidden_size=hidden, mlp_ratio=2,
+                               patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+            text_config=text, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=True)
+        model = Qwen2VLForConditionalGeneration(cfg)
     else:
         raise ValueError(f"no tiny model for {family!r} (processor only: with_model=False)")
     model.generation_config.eos_token_id = tokenizer.eos_token_id
