@@ -201,7 +201,9 @@ class ChatEncoder:
             labels[a:b] = ids[a:b]
         out = {k: v[0] if _is_seq(v, len(ids)) else v for k, v in full.items() if torch.is_tensor(v)}
         out["labels"] = torch.tensor(labels)
-        if inserts and self.eos_id is not None:
+        if self.eos_id is None:
+            inserts = []  # a tokenizer without EOS: nothing to insert (the template's text is all)
+        if inserts:
             out = _insert(out, inserts, self.eos_id, len(ids))
         if not any(x != IGNORE for x in labels):
             raise BadItem(where, "no assistant tokens found after applying the chat template",
