@@ -148,3 +148,9 @@ def test_qwen2vl_batches_images_with_different_grids(family_dirs, procs, tmp_pat
     assert batch["mm_token_type_ids"].shape == batch["input_ids"].shape
     with torch.no_grad():
         assert torch.isfinite(load_model(str(path))(**batch).loss)
+
+
+def test_generation_stops_on_end_of_turn_tokens(procs):
+    # evaluation passes these to generate(): Idefics2 ends turns with <end_of_utterance>, not </s>
+    assert {2, 32002} <= set(stop_token_ids(procs["idefics2"]))
+    assert 151645 in stop_token_ids(procs["qwen2-vl"]) and stop_token_ids(procs["llava-1.5"])[0] == 2
