@@ -44,6 +44,11 @@ class DatasetInfo:
     hierarchy: str | None = None  # class-concept hierarchy file name, if any
     base_classes: list[str] | None = None  # for base-to-novel, when the paper fixes them
     needs_root: bool = True  # False for generated data sets
+    folder: str | None = None  # folder under the data home (default: the name)
+    layout: str = ""  # the on-disk layout, one line (shown by `medadapt datasets NAME`)
+
+    def default_root(self) -> Path:
+        return data_home() / (self.folder or self.name)
 
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
@@ -59,3 +64,14 @@ def cache_home() -> Path:
     return Path(os.environ.get("MEDADAPT_CACHE", Path.home() / ".cache" / "medadapt"))
 
 
+
+
+def dataset_options(cfg: dict) -> dict:
+    """Builder options of a run config: ``data.split_file`` (a split file in the data set's own
+    format, e.g. BiomedCoOp's JSON) and ``data.options`` (any other option of the data set's
+    parser, e.g. ``{split_seed: 1}``)."""
+    data = cfg.get("data") or {}
+    opts = dict(data.get("options") or {})
+    if data.get("split_file"):
+        opts["split_file"] = str(data["split_file"])
+    return opts

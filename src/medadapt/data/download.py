@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
-from medadapt.data.catalog import DATASETS, data_home
+from medadapt.data.catalog import DATASETS
 from medadapt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def download(name: str, dest: str | Path | None = None, include_optional: bool =
     ``["bloodmnist_224.npz"]``); otherwise every non-optional file. Data sets without a direct
     download raise ``UserError`` with the manual instructions."""
     info = DATASETS.get(name)
-    target = Path(dest).expanduser() if dest is not None else data_home() / info.name
+    target = Path(dest).expanduser() if dest is not None else info.default_root()
     if not info.files:
         raise UserError(f"{name} has no direct download; to get it by hand into {target}: "
                         f"{info.manual or info.homepage}")
@@ -155,3 +155,28 @@ def download(name: str, dest: str | Path | None = None, include_optional: bool =
         files = [f for f in files if not f.get("optional")]
     return download_files(files, target, manual=info.manual, name=name)
 
+
+
+def describe(name: str) -> str:
+    """Everything ``medadapt datasets NAME`` prints: classes, where it is expected, its layout,
+    its files (with checksums) and how to get it by hand."""
+    from medadapt.data.sources import _ensure_registered
+    _ensure_registered()
+    info = DATASETS.get(name)
+    lines = [f"{info.name}: {len(info.classnames)} classes, {info.modality}"
+             + (f", {info.organ}" if info.organ else ""),
+             "classes: " + ", ".join(info.classnames)]
+    if info.needs_root:
+        lines.append(f"expected at: {info.default_root()} (or pass {info.name}:PATH; "
+                     "medadapt bench --data-root DIR)")
+    if info.layout:
+        lines.append(f"layout: {info.layout}")
+    for f in info.files:
+        check = next((f"{a} {f[a]}" for a in ("sha256", "md5") if f.get(a)), "no checksum known")
+        lines.append(f"file: {f['filename']} <- {f['url']} ({check})")
+    if info.manual:
+        lines.append(f"by hand: {info.manual}")
+    for key in ("homepage", "license", "citation"):
+        if getattr(info, key):
+            lines.append(f"{key}: {getattr(info, key)}")
+    return "\n".join(lines)

@@ -38,6 +38,9 @@ def _ensure_registered() -> None:
 def load_dataset(spec: str, **options) -> DataSet:
     """Resolve a data set spec; every user mistake is a one-line ``UserError``."""
     kind, _, rest = spec.partition(":")
+    if options and kind in ("folder", "csv", "npz"):
+        raise UserError(f"data set options {sorted(options)} apply to registered data sets, not "
+                        f"to {kind}: specs")
     if kind == "folder":
         return from_folder(rest)
     if kind == "csv":
@@ -49,7 +52,7 @@ def load_dataset(spec: str, **options) -> DataSet:
     if rest:
         root = Path(rest)
     elif info.needs_root:
-        root = data_home() / info.name
+        root = info.default_root()
     else:
         root = None
     if root is not None and not root.exists():

@@ -19,5 +19,5 @@ machines. Split rules (documented per data set in ``docs/datasets.md``):
 * :func:`~medadapt.data.dataset.stratified_split` (val 20%, test 30%, data seed 0) where the data
   set ships no split (Kather 2016, CRC-VAL-HE-7K alone, KIMIA Path960, LC25000).
 """
-from medadapt.data.sets import (bccd, derm7pt, kather, kimia, lc25000, medmnist,  # noqa: F401
-                                pannuke, pcam)
+from medadapt.data.sets import (bccd, biomedcoop, derm7pt, kather, kimia,  # noqa: F401
+                                lc25000, medmnist, pannuke, pcam)
