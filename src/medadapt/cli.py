@@ -18,7 +18,8 @@ from medadapt import __version__
 from medadapt.errors import UserError
 
 # sub-packages that add their own sub-commands with ``add_parser(subparsers)``
-PLUGINS = ("medadapt.synth.cli", "medadapt.instruct.cli", "medadapt.report.cli", "medadapt.demo")
+PLUGINS = ("medadapt.synth.cli", "medadapt.instruct.cli", "medadapt.report.cli", "medadapt.demo",
+           "medadapt.data.cli")
 
 EPILOG = """examples:
   medadapt backbones
