@@ -191,7 +191,8 @@ def compare(runs_dir: str | Path, table: dict | str | Path) -> dict:
                 cells[(row["row"], ds, col)] = _ours(by, label, ds, key, ks, table_ds, fails,
                                                      None if pv is None else float(pv))
     return {"table": t, "cells": cells, "rows": ds_rows, "missing": missing, "notes": notes,
-            "runs_dir": str(root), "n_runs": len(runs)}
+            "runs_dir": str(root), "n_runs": len(runs),
+            "backbones": sorted({r.backbone for r in runs})}
 
 
 def _ours(by, label, ds, key, shots, table_ds, fails, paper) -> Cell:
@@ -237,9 +238,10 @@ def to_markdown(res: dict) -> str:
     t = res["table"]
     head = [f"## {t['paper']}: {t.get('table', t['name'])}", "",
             f"Published: {t['citation']}" + (f" — {t['source']}" if t.get("source") else ""), "",
-            f"Ours: `{res['runs_dir']}` ({res['n_runs']} run folders, protocol {t['protocol']}"
-            + (f", backbone {t['backbone']}" if t.get("backbone") else "") + "). Cells: paper / "
-            "ours ± seed std / difference (ours − paper), accuracy in %.", ""]
+            f"Ours: `{res['runs_dir']}` ({res['n_runs']} run folders, protocol {t['protocol']}, "
+            f"backbone {', '.join(res['backbones']) or '–'}"
+            + (f"; the paper's: {t['backbone']}" if t.get("backbone") else "") + "). Cells: "
+            "paper / ours ± std over seeds / difference (ours − paper), in %.", ""]
     cols = t["columns"]
     lines = ["| row | data set | " + " | ".join(cols) + " |",
              "|---|---|" + "---|" * len(cols)]
