@@ -130,6 +130,6 @@ def _register() -> None:
         citation="Shenggan. BCCD (Blood Cell Count and Detection) Dataset. GitHub (2017)",
         manual=("git clone https://github.com/Shenggan/BCCD_Dataset there (the BCCD/ folder with "
                 "Annotations, JPEGImages, ImageSets/Main)"),
-        template_set="cytology", descriptions="bccd-cells.json"))
+        template_set="cytology", descriptions="bccd-cells.json", layout=BCCD_LAYOUT))
 
 _register()

@@ -159,6 +159,6 @@ def _register() -> None:
                   "23(2):538-546 (2019)"),
         manual=("register at https://derm.cs.sfu.ca, download release_v0.zip and unzip it "
                 "there (release_v0/meta/meta.csv, release_v0/images/)"),
-        template_set="dermatology", descriptions="derm7pt.json", hierarchy="derm7pt.yaml"))
+        template_set="dermatology", descriptions="derm7pt.json", hierarchy="derm7pt.yaml", layout=DERM7PT_LAYOUT))
 
 _register()

@@ -151,7 +151,7 @@ def _register() -> None:
             files=[dict(_KATHER16_ZIP)],
             manual=("download Kather_texture_2016_image_tiles_5000.zip from "
                     "https://zenodo.org/records/53169 and unzip it there"),
-            template_set="histopathology", descriptions="kather2016.json"))
+            template_set="histopathology", descriptions="kather2016.json", layout=KATHER16_LAYOUT))
 
     DATASETS.register("nct-crc-he", DatasetInfo(
         name="nct-crc-he", classnames=list(NCT_CLASSES), build=build_nct_crc_he,
@@ -160,7 +160,7 @@ def _register() -> None:
         files=[dict(_NCT100K_ZIP), dict(_CRC7K_ZIP)],
         manual=("download NCT-CRC-HE-100K.zip (11.7 GB) and CRC-VAL-HE-7K.zip from "
                 "https://zenodo.org/records/1214456 and unzip both there"),
-        template_set="histopathology", descriptions="nct-crc-he.json"))
+        template_set="histopathology", descriptions="nct-crc-he.json", layout=NCT_LAYOUT))
     DATASETS.register("crc-val-he-7k", DatasetInfo(
         name="crc-val-he-7k", classnames=list(NCT_CLASSES), build=build_crc_val_he_7k,
         modality="histopathology", organ="colorectum", license="CC BY 4.0",

@@ -72,6 +72,7 @@ def _register() -> None:
         manual=("download KIMIA Path960 (960 images A1.tif ... T48.tif, released by the KIMIA "
                 "Lab, University of Waterloo; mirrored at "
                 "https://www.kaggle.com/ambarish/kimia-path-960) and unzip it there"),
-        template_set="histopathology", descriptions="kimia-path960.json"))
+        template_set="histopathology", descriptions="kimia-path960.json",
+        layout="one folder of 960 images A1.tif ... T48.tif (letter = class)"))
 
 _register()

@@ -61,6 +61,6 @@ def _register() -> None:
         manual=("download LC25000 (lung_colon_image_set, 1.8 GB) via the link in "
                 "https://github.com/tampapath/lung_colon_image_set or from Kaggle "
                 "(andrewmvd/lung-and-colon-cancer-histopathological-images) and unzip it there"),
-        template_set="histopathology", descriptions="lc25000.json"))
+        template_set="histopathology", descriptions="lc25000.json", layout=LC25000_LAYOUT))
 
 _register()

@@ -194,6 +194,7 @@ def _register() -> None:
             files=_medmnist_files(flavour, kw["md5"]),
             manual=(f"download {flavour}.npz (28 px) or {flavour}_224.npz from "
                     "https://zenodo.org/records/10519652 into that folder"),
-            template_set=MEDMNIST_TEMPLATES[flavour], descriptions=f"{flavour}.json"))
+            template_set=MEDMNIST_TEMPLATES[flavour], descriptions=f"{flavour}.json",
+            layout=f"{flavour}.npz (28 px) or {flavour}_{{64,128,224}}.npz"))
 
 _register()

@@ -198,7 +198,7 @@ def _register() -> None:
             files=[dict(f) for f in pannuke_files],
             manual=("download fold_1.zip, fold_2.zip and fold_3.zip from "
                     "https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke and unzip them there"),
-            template_set="histopathology")
+            template_set="histopathology", layout=PANNUKE_LAYOUT)
     DATASETS.register("pannuke", DatasetInfo(
         name="pannuke", classnames=list(PANNUKE_CLASSES), build=_pannuke_builder("malignancy"),
         descriptions="pannuke.json", **pannuke_common()))

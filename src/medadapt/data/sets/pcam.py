@@ -128,6 +128,7 @@ def _register() -> None:
                 "sha256": h, "filename": fn} for fn, h in PCAM_SHA256.items()],
         manual=("download the six camelyonpatch_level_2_split_*.h5.gz files from "
                 "https://zenodo.org/records/2546921, gunzip them there (needs pip install h5py)"),
-        template_set="histopathology", descriptions="pcam.json"))
+        template_set="histopathology", descriptions="pcam.json",
+        layout="camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5"))
 
 _register()
