@@ -36,11 +36,11 @@ _R("clip-vit-b16", BackboneSpec("clip-vit-b16", "hf_clip", "openai/clip-vit-base
 _R("clip-vit-b32", BackboneSpec("clip-vit-b32", "open_clip", "ViT-B-32@openai", 224, 77, "MIT",
                                 "OpenAI CLIP ViT-B/32 via open_clip (general domain)"))
 _R("pubmedclip", BackboneSpec(
-    "pubmedclip", "hf_clip", "flaviagiammarino/pubmed-clip-vit-base-patch32", 224, 77, "MIT",
+    "pubmedclip", "hf_clip", "flaviagiammarino/pubmed-clip-vit-base-patch32", 224, 77, "see model card",
     "PubMedCLIP ViT-B/32 (CLIP fine-tuned on ROCO radiology captions; Eslami et al., EACL 2023 "
     "Findings), the transformers conversion; BiomedCoOp's tables"))
 _R("pmc-clip", BackboneSpec(
-    "pmc-clip", "pmc_clip", "hf-dataset:axiong/pmc_oa", 224, 77, "MIT (PMC-CLIP repository)",
+    "pmc-clip", "pmc_clip", "hf-dataset:axiong/pmc_oa", 224, 77, "code MIT; weights: see axiong/pmc_oa",
     "PMC-CLIP ResNet-50 + PubMedBERT (Lin et al., MICCAI 2023), its three .pth files "
     "(backbones/pmcclip.py); BiomedCoOp's tables"))
 _R("tiny-open-clip", BackboneSpec("tiny-open-clip", "open_clip", "tiny", 32, 32, "test only",
