@@ -188,7 +188,8 @@ def how_to_get(s: BiomedCoOpSet) -> str:
     zip_ = (f"download BiomedCoOp's {s.folder} zip ({s.drive})" if s.drive else
             f"get {s.folder} as BiomedCoOp packs it (see {BIOMEDCOOP_DATASETS_MD})")
     return (f"{zip_} and unzip it into DATA/{s.folder}/ (layout {layout(s)}; DATA = --data-root "
-            f"or $MEDADAPT_DATA); the split file alone: medadapt datasets {s.name} --download")
+            f"or $MEDADAPT_DATA); the split file alone: medadapt datasets {s.name} --download; "
+            f"the original release: {s.source}")
 
 
 def read_split_file(path: str | Path, name: str = "split file") -> dict[str, list[tuple[str, int, str]]]:
@@ -309,7 +310,7 @@ def _register() -> None:
                   "filename": f"split_{s.folder}.json", "extract": False}]
         DATASETS.register(s.name, DatasetInfo(
             name=s.name, classnames=list(s.classnames), build=_builder(s),
-            modality=s.modality, organ=s.organ, license=s.license, homepage=s.source,
+            modality=s.modality, organ=s.organ, license=s.license, homepage=BIOMEDCOOP_DATASETS_MD,
             citation=f"{s.citation}; as packed by {BIOMEDCOOP_CITE}", files=files,
             manual=how_to_get(s), template_set=s.template_set, folder=s.folder,
             layout=layout(s)))
