@@ -92,9 +92,25 @@ def test_missing_images_and_split_are_reported(tmp_path):
     (root / "BTMRI" / first).unlink()
     with pytest.raises(UserError, match=r"1 of \d+ images named in split_BTMRI.json are missing"):
         load_dataset(f"btmri:{tmp_path / 'b'}")
-    (root / "split_BTMRI.json").unlink()
-    with pytest.raises(UserError, match=r"split_BTMRI.json not found .*data.split_file"):
+    (root / "split_BTMRI.json").unlink()  # the shipped copy names every published image
+    with pytest.raises(UserError, match=r"images named in split_BTMRI.json.gz are missing"):
         load_dataset(f"btmri:{tmp_path / 'b'}")
+    make_standin(tmp_path / "o", "biomedcoop-octmnist", with_split=False)  # none shipped
+    with pytest.raises(UserError, match=r"split_OCTMNIST.json not found .*data.split_file"):
+        load_dataset(f"biomedcoop-octmnist:{tmp_path / 'o'}")
+
+
+@needs_splits
+def test_shipped_split_copy_is_the_published_file(tmp_path):
+    s = BIOMEDCOOP_SETS["busi"]
+    full = real_split("BUSI")
+    from biomedcoop_standins import write_images
+    write_images(tmp_path / "BUSI" / "BUSI", full)  # every published image, no split file
+    ds = load_dataset(f"busi:{tmp_path}")
+    assert "shipped copy" in ds.meta["split"] and len(ds.records) == 389 + 155 + 236
+    want = [(rel, y, part) for part in ("train", "val", "test") for rel, y, _ in full[part]]
+    assert [(r.id, r.label, r.split) for r in ds.records] == want
+    assert ds.classnames == list(s.classnames)
 
 
 @needs_splits

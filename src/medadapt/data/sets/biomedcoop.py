@@ -11,10 +11,12 @@ data set. Unpacked under one data folder (``--data-root DIR`` / ``$MEDADAPT_DATA
 
 Record ids are the split file's relative paths, labels and class names are the split file's
 (``label`` index -> ``class name``, the names BiomedCoOp puts into its prompts). The split file is
-found next to the image folder, or given with ``--set data.split_file=PATH``; it can be fetched
-(checksum-verified) from BiomedCoOp's repository at commit ``7ceb5a8`` (``medadapt datasets NAME
---download``). Every file the split names must exist: a missing folder or image is a one-line
-error naming the folder expected and how to get the data, never an empty or zero result.
+found next to the image folder, or given with ``--set data.split_file=PATH``; without either,
+medadapt's shipped copy (``medadapt/data/splits/biomedcoop``, sha256-checked; all but OCTMNIST) is
+used. It can also be fetched (checksum-verified) from BiomedCoOp's repository at commit
+``7ceb5a8`` (``medadapt datasets NAME --download``). Every file the split names must exist: a
+missing folder or image is a one-line error naming the folder expected and how to get the data,
+never an empty or zero result.
 
 Per data set below: BiomedCoOp's folder name, the class names of its split file (label order),
 the counts of DATASETS.md, the public release it was re-packed from, and the one-line prompt
@@ -23,10 +25,12 @@ by ``configs/bench/biomed*-*.yaml`` as ``texts.templates``).
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from medadapt.data.catalog import DATASETS, DatasetInfo
@@ -192,14 +196,32 @@ def how_to_get(s: BiomedCoOpSet) -> str:
             f"the original release: {s.source}")
 
 
+def shipped_split(s: BiomedCoOpSet) -> Path | None:
+    """The copy of ``split_<folder>.json`` shipped in ``medadapt/data/splits/biomedcoop``."""
+    p = Path(str(resources.files("medadapt.data").joinpath("splits").joinpath("biomedcoop")
+                 .joinpath(f"split_{s.folder}.json.gz")))
+    return p if p.is_file() else None
+
+
+def _split_bytes(p: Path) -> bytes:
+    raw = p.read_bytes()
+    if p.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise UserError(f"{p}: not a gzip file ({e})") from None
+    return raw
+
+
 def read_split_file(path: str | Path, name: str = "split file") -> dict[str, list[tuple[str, int, str]]]:
-    """BiomedCoOp / CoOp split JSON ``{"train"|"val"|"test": [[path, label, classname], ...]}``,
-    checked: every item a triple, one class name per label, labels ``0..C-1``."""
+    """BiomedCoOp / CoOp split JSON ``{"train"|"val"|"test": [[path, label, classname], ...]}``
+    (``.json`` or ``.json.gz``), checked: every item a triple, one class name per label, labels
+    ``0..C-1``."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"{name}: split file not found: {p}")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(_split_bytes(p).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{p}: not a JSON split file ({e})") from None
     if not isinstance(data, dict) or not {"train", "test"} <= set(data):
@@ -241,15 +263,14 @@ def _locate_split(r: Path, s: BiomedCoOpSet) -> Path | None:
     return d / fn if d is not None else None
 
 
-def _locate_images(r: Path, split_path: Path, s: BiomedCoOpSet, first: str) -> Path | None:
+def _locate_images(r: Path, split_dir: Path, s: BiomedCoOpSet, first: str) -> Path | None:
     """The folder that the split's relative paths start from: DATASETS.md puts it at
     ``<folder>/<folder>/`` next to the split file; any folder (up to three levels below the data
     root or the split file's folder) that holds the split's first image is accepted."""
-    for cand in (split_path.parent / s.folder, split_path.parent, r / s.folder / s.folder,
-                 r / s.folder, r):
+    for cand in (split_dir / s.folder, split_dir, r / s.folder / s.folder, r / s.folder, r):
         if (cand / first).is_file():
             return cand
-    for base in (split_path.parent, r):
+    for base in (split_dir, r):
         d = _find_dir(base, lambda p: (p / first).is_file(), max_depth=SEARCH_DEPTH)
         if d is not None:
             return d
@@ -265,18 +286,24 @@ def _builder(s: BiomedCoOpSet):
             if not sp.is_file():
                 raise UserError(f"{s.name}: data.split_file not found: {sp}")
         else:
-            sp = _locate_split(r, s)
+            sp = _locate_split(r, s) or shipped_split(s)
             if sp is None:
                 raise UserError(f"{s.name}: split_{s.folder}.json not found under {r} (expected "
                                 f"layout {layout(s)}); pass --set data.split_file=PATH or fetch "
                                 f"it: medadapt datasets {s.name} --download")
+        shipped = sp == shipped_split(s)
+        if shipped and s.split_sha256 and \
+                hashlib.sha256(_split_bytes(sp)).hexdigest() != s.split_sha256:
+            raise UserError(f"{sp}: shipped split file fails its sha256; reinstall medadapt")
         split = read_split_file(sp, s.name)
         first = next((rel for part in ("train", "val", "test") for rel, _, _ in split[part]), None)
         if first is None:
             raise UserError(f"{sp}: the split file lists no images")
-        images = _locate_images(r, sp, s, first)
+        own = r if r.name == s.folder else r / s.folder  # the data set's folder
+        images = _locate_images(r, own if shipped else sp.parent, s, first)
         if images is None:
-            raise UserError(f"{s.name}: images not found: expected {sp.parent / s.folder / first} "
+            where = own if shipped else sp.parent
+            raise UserError(f"{s.name}: images not found: expected {where / s.folder / first} "
                             f"(layout {layout(s)} under {r}); {how_to_get(s)}")
         missing = [rel for part in split.values() for rel, _, _ in part
                    if not os.path.isfile(os.path.join(images, rel))]
@@ -292,14 +319,16 @@ def _builder(s: BiomedCoOpSet):
                 names.setdefault(y, cname)
                 records.append(Record(id=rel, label=y, split=part))
         classnames = [names[i] for i in range(len(names))]
-        h = hashlib.sha256(sp.read_bytes())
+        h = hashlib.sha256(_split_bytes(sp))
         for rec in records:  # content of the split + each image's size and mtime
             st = os.stat(os.path.join(images, rec.id))
             h.update(f"{rec.id}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
         base = str(images)
         return DataSet(name=s.name, classnames=classnames, records=records,
                        loader=_FileLoader(base), fingerprint=h.hexdigest(), root=base,
-                       meta={"split": f"BiomedCoOp split file {sp.name}", "split_file": str(sp),
+                       meta={"split": f"BiomedCoOp split file {sp.name}"
+                                      + (" (shipped copy, commit 7ceb5a8)" if shipped else ""),
+                             "split_file": str(sp),
                              "biomedcoop_folder": s.folder, "anchor_template": s.template})
     return build
 
