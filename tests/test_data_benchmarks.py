@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from medadapt.data import benchmarks as B
+from medadapt.data.sets import medmnist as medmnist_sets
 from medadapt.data.fewshot import sample_fewshot
 from medadapt.data.sources import DATASETS, MEDMNIST_CLASSES, load_dataset
 from medadapt.errors import UserError
@@ -273,7 +274,7 @@ def test_medmnist_size_variants_and_file_root(tmp_path):
 def test_medmnist_large_file_is_memory_mapped(tmp_path, monkeypatch):
     _npz(tmp_path / "path" / "pathmnist.npz", 9, 28)
     small = load_dataset(f"pathmnist:{tmp_path / 'path'}")
-    monkeypatch.setattr(B, "NPZ_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(medmnist_sets, "NPZ_IN_MEMORY_BYTES", 0)
     big = load_dataset(f"pathmnist:{tmp_path / 'path'}")
     assert isinstance(big.loader.arrays["train_images"], np.memmap)
     assert list((tmp_path / "cache" / "npz").iterdir())

@@ -18,7 +18,8 @@ from medadapt import __version__
 from medadapt.errors import UserError
 
 # sub-packages that add their own sub-commands with ``add_parser(subparsers)``
-PLUGINS = ("medadapt.synth.cli", "medadapt.instruct.cli", "medadapt.report.cli", "medadapt.demo")
+PLUGINS = ("medadapt.synth.cli", "medadapt.instruct.cli", "medadapt.report.cli", "medadapt.demo",
+           "medadapt.data.cli")
 
 EPILOG = """examples:
   medadapt backbones
@@ -51,11 +52,12 @@ def _list(kind: str) -> int:
     elif kind == "datasets":
         from medadapt.data.sources import DATASETS, _ensure_registered
         _ensure_registered()
-        print(f"{'name':18} {'classes':>7}  {'modality':16} source")
+        print(f"{'name':22} {'classes':>7}  {'modality':18} source")
         for name, d in DATASETS.items():
             how = "generated offline" if not d.needs_root else (d.homepage or d.manual[:60])
-            print(f"{name:18} {len(d.classnames):>7}  {d.modality:16} {how}")
-        print("\nalso: folder:PATH (one sub-folder per class), csv:PATH (path,label[,split][,concepts]),"
+            print(f"{name:22} {len(d.classnames):>7}  {d.modality:18} {how}")
+        print("\ndetails and download instructions: medadapt datasets NAME")
+        print("also: folder:PATH (one sub-folder per class), csv:PATH (path,label[,split][,concepts]),"
               " npz:PATH (MedMNIST layout)")
     else:
         from medadapt.methods import METHODS, load_all
@@ -64,6 +66,19 @@ def _list(kind: str) -> int:
         for name, m in METHODS.items():
             print(f"{name:16} {'yes' if m.trainable else 'no':6} {'yes' if m.needs_images else 'cache':6} "
                   f"{'yes' if m.supports_novel else 'no':5}  {m.paper}")
+    return 0
+
+
+def _cmd_datasets(args) -> int:
+    if args.name is None:
+        if args.download:
+            raise UserError("--download needs a data set name")
+        return _list("datasets")
+    from medadapt.data.download import describe, download
+    if args.download:
+        print(f"downloaded into {download(args.name, dest=args.dest)}")
+    else:
+        print(describe(args.name))
     return 0
 
 
@@ -141,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
                            ("methods", "list registered adaptation methods")):
         sp = sub.add_parser(kind, help=helptext, description=helptext, formatter_class=_Fmt)
         sp.set_defaults(func=lambda a, k=kind: _list(k))
+        if kind == "datasets":
+            sp.add_argument("name", nargs="?", default=None,
+                            help="show one data set in full: classes, on-disk layout, files with "
+                                 "checksums, how to get it (default: list all)")
+            sp.add_argument("--download", action="store_true",
+                            help="download NAME's files, checksum-verified, into --dest")
+            sp.add_argument("--dest", default=None,
+                            help="download folder (default: $MEDADAPT_DATA/<the data set's folder>)")
+            sp.set_defaults(func=_cmd_datasets)
 
     f = sub.add_parser("fit", help="train and evaluate a method over one or more seeds",
                        formatter_class=_Fmt, epilog=EPILOG,

@@ -35,6 +35,14 @@ _R("clip-vit-b16", BackboneSpec("clip-vit-b16", "hf_clip", "openai/clip-vit-base
                                 "MIT", "OpenAI CLIP ViT-B/16 (general domain)"))
 _R("clip-vit-b32", BackboneSpec("clip-vit-b32", "open_clip", "ViT-B-32@openai", 224, 77, "MIT",
                                 "OpenAI CLIP ViT-B/32 via open_clip (general domain)"))
+_R("pubmedclip", BackboneSpec(
+    "pubmedclip", "hf_clip", "flaviagiammarino/pubmed-clip-vit-base-patch32", 224, 77, "see model card",
+    "PubMedCLIP ViT-B/32 (CLIP fine-tuned on ROCO radiology captions; Eslami et al., EACL 2023 "
+    "Findings), the transformers conversion; BiomedCoOp's tables"))
+_R("pmc-clip", BackboneSpec(
+    "pmc-clip", "pmc_clip", "hf-dataset:axiong/pmc_oa", 224, 77, "code MIT; weights: see axiong/pmc_oa",
+    "PMC-CLIP ResNet-50 + PubMedBERT (Lin et al., MICCAI 2023), its three .pth files "
+    "(backbones/pmcclip.py); BiomedCoOp's tables"))
 _R("tiny-open-clip", BackboneSpec("tiny-open-clip", "open_clip", "tiny", 32, 32, "test only",
                                   "TEST ONLY: random-init open_clip CustomTextCLIP + HF BERT text tower "
                                   "(BiomedCLIP's classes); numbers are meaningless"))
@@ -98,6 +106,16 @@ def _detect_family(path: Path) -> str:
                     "transformers CLIPModel folder (config.json)")
 
 
+def _load_pmc_clip(source: str, name: str, device: str = "cpu", **kw) -> Backbone:
+    from medadapt.backbones.pmcclip import load_pmc_clip
+    return load_pmc_clip(source, name=name, device=device, **kw)
+
+
+# Extra families (new backbone files): family -> loader(source, name=, device=, **kw) -> Backbone
+FAMILY_LOADERS: dict = {}
+FAMILY_LOADERS["pmc_clip"] = _load_pmc_clip
+
+
 def load_backbone(spec: str, device: str = "cpu") -> Backbone:
     """Resolve a backbone spec and load it; every user mistake is a one-line ``UserError``."""
     from medadapt.backbones.hf import load_hf_clip
@@ -112,6 +130,8 @@ def load_backbone(spec: str, device: str = "cpu") -> Backbone:
         return load_hf_clip(spec[3:], name=spec, device=device)
     if spec.startswith(("hf-hub:", "local-dir:")):
         return load_open_clip(spec, name=spec, device=device)
+    if spec.startswith("pmc_clip:"):
+        return FAMILY_LOADERS["pmc_clip"](spec[len("pmc_clip:"):], name=spec, device=device)
     if spec not in BACKBONES and (os.sep in spec or spec.startswith(".")):
         p = Path(spec)
         if not p.exists():
@@ -136,6 +156,8 @@ def load_backbone(spec: str, device: str = "cpu") -> Backbone:
         return load_hf_clip(str(folder), name=info.name, device=device)
     if info.family == "conch":
         return _load_conch(info, device)
+    if info.family in FAMILY_LOADERS:
+        return FAMILY_LOADERS[info.family](info.source, name=info.name, device=device)
     if info.family == "hf_clip":
         return load_hf_clip(info.source, name=info.name, device=device)
     return load_open_clip(info.source, name=info.name, device=device)

@@ -8,84 +8,26 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from medadapt.data.catalog import (DATASETS, IMAGE_EXTS, DatasetInfo,  # noqa: F401 (re-exported)
+                                   cache_home, data_home)
 from medadapt.data.dataset import (DataSet, Record, array_to_rgb, files_fingerprint, open_rgb,
                                    stratified_split)
+from medadapt.data.sets.medmnist import (MEDMNIST_CLASSES, medmnist_from_npz,  # noqa: F401
+                                         npz_records)
 from medadapt.errors import UserError
-from medadapt.registry import Registry
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 CONCEPT_SEP = ";"
-
-# MedMNIST label names (medmnist INFO, v2/v3), used when an npz file's stem names its flavour.
-MEDMNIST_CLASSES: dict[str, list[str]] = {
-    "pathmnist": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
-                  "normal colon mucosa", "cancer-associated stroma",
-                  "colorectal adenocarcinoma epithelium"],
-    "bloodmnist": ["basophil", "eosinophil", "erythroblast", "immature granulocytes",
-                   "lymphocyte", "monocyte", "neutrophil", "platelet"],
-    "dermamnist": ["actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
-                   "benign keratosis-like lesions", "dermatofibroma", "melanoma",
-                   "melanocytic nevi", "vascular lesions"],
-    "pneumoniamnist": ["normal", "pneumonia"],
-    "breastmnist": ["malignant", "normal or benign"],
-    "octmnist": ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"],
-    "retinamnist": ["grade 0", "grade 1", "grade 2", "grade 3", "grade 4"],
-    "organamnist": ["bladder", "femur left", "femur right", "heart", "kidney left",
-                    "kidney right", "liver", "lung left", "lung right", "pancreas", "spleen"],
-}
-
-
-@dataclass
-class DatasetInfo:
-    """A registered data set: canonical class names, where it comes from, how to parse it.
-
-    ``build(root, **options) -> DataSet`` parses the data set's real on-disk layout under ``root``
-    (or generates it, for the synthetic world). ``files`` lists downloadable archives as
-    ``{"url": ..., "sha256": ..., "filename": ...}``; when empty, ``manual`` says how to obtain
-    the data by hand.
-    """
-
-    name: str
-    classnames: list[str]
-    build: Callable[..., DataSet]
-    task: str = "classification"
-    modality: str = "histopathology"
-    organ: str = ""
-    license: str = ""
-    homepage: str = ""
-    citation: str = ""
-    files: list[dict] = field(default_factory=list)
-    manual: str = ""
-    template_set: str = "histopathology"
-    descriptions: str | None = None  # file name in medadapt/data/descriptions/
-    hierarchy: str | None = None  # class-concept hierarchy file name, if any
-    base_classes: list[str] | None = None  # for base-to-novel, when the paper fixes them
-    needs_root: bool = True  # False for generated data sets
-
-
-DATASETS: Registry[DatasetInfo] = Registry("dataset")
-
-
-def data_home() -> Path:
-    """Where registered data sets live by default: ``$MEDADAPT_DATA`` or ~/.cache/medadapt/data."""
-    return Path(os.environ.get("MEDADAPT_DATA", Path.home() / ".cache" / "medadapt" / "data"))
-
-
-def cache_home() -> Path:
-    """Where caches live: ``$MEDADAPT_CACHE`` or ~/.cache/medadapt."""
-    return Path(os.environ.get("MEDADAPT_CACHE", Path.home() / ".cache" / "medadapt"))
 
 
 def _ensure_registered() -> None:
-    # Import the modules that register data sets (benchmarks and the synthetic world).
+    # Import the modules that register data sets (the per-family parsers in medadapt.data.sets,
+    # and the synthetic world).
     import importlib
-    for mod in ("medadapt.data.benchmarks", "medadapt.synth.datasets"):
+    for mod in ("medadapt.data.sets", "medadapt.synth.datasets"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:  # a module not written yet, not a missing dependency
@@ -96,6 +38,9 @@ def _ensure_registered() -> None:
 def load_dataset(spec: str, **options) -> DataSet:
     """Resolve a data set spec; every user mistake is a one-line ``UserError``."""
     kind, _, rest = spec.partition(":")
+    if options and kind in ("folder", "csv", "npz"):
+        raise UserError(f"data set options {sorted(options)} apply to registered data sets, not "
+                        f"to {kind}: specs")
     if kind == "folder":
         return from_folder(rest)
     if kind == "csv":
@@ -107,7 +52,7 @@ def load_dataset(spec: str, **options) -> DataSet:
     if rest:
         root = Path(rest)
     elif info.needs_root:
-        root = data_home() / info.name
+        root = info.default_root()
     else:
         root = None
     if root is not None and not root.exists():
@@ -211,32 +156,12 @@ def from_csv(path: str, name: str | None = None, split_seed: int = 0) -> DataSet
                    root=base)
 
 
-def npz_records(path: Path, arrays: dict) -> list[Record]:
-    """Records of a MedMNIST-layout npz (``{split}_images`` / ``{split}_labels``), checked."""
-    splits = [s for s in ("train", "val", "test") if f"{s}_images" in arrays]
-    if not splits or any(f"{s}_labels" not in arrays for s in splits):
-        raise UserError(f"{path}: not a MedMNIST-layout npz (needs train/val/test _images and "
-                        f"_labels; found {sorted(arrays)})")
-    records = []
-    for s in splits:
-        imgs, labels = arrays[f"{s}_images"], np.asarray(arrays[f"{s}_labels"])
-        if labels.ndim == 2 and labels.shape[1] > 1:
-            raise UserError(f"{path}: multi-label npz ({s}_labels shape {labels.shape}) is not "
-                            "supported for single-label classification")
-        labels = labels.reshape(-1).astype(np.int64)
-        if len(imgs) != len(labels):
-            raise UserError(f"{path}: {s}_images and {s}_labels differ in length")
-        records += [Record(id=f"{s}/{i}", label=int(y), split=s) for i, y in enumerate(labels)]
-    return records
-
-
 def from_npz(path: str, classnames: list[str] | None = None, name: str | None = None) -> DataSet:
     """MedMNIST layout: ``{train,val,test}_images`` (N,H,W[,3] uint8) and ``*_labels`` (N,1)."""
     f = _require_dir(path, "npz")
     stem = f.stem.split("_")[0].lower()
     if classnames is None and stem in MEDMNIST_CLASSES:
         # a known MedMNIST flavour: canonical names, its templates and shipped descriptions
-        from medadapt.data.benchmarks import medmnist_from_npz
         from medadapt.data.texts import shipped_descriptions
         ds = medmnist_from_npz(f, stem)
         ds.name = name or f"npz:{f.stem}"

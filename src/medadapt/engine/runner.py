@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 import medadapt
 from medadapt.config import DEFAULTS, deep_update, dump_yaml, load_yaml
+from medadapt.data.catalog import dataset_options
 from medadapt.data.dataset import DataSet
 from medadapt.data.fewshot import (base_novel_split, fraction_subset, ids_to_indices, load_fewshot,
                                    sample_fewshot, save_fewshot)
@@ -117,7 +118,7 @@ class Prepared:
         self.cfg = cfg
         self.quiet = quiet
         self.method_cls: type[Method] = get_method(cfg["method"]["name"])
-        self.ds = load_dataset(cfg["dataset"])
+        self.ds = load_dataset(cfg["dataset"], **dataset_options(cfg))
         d = cfg["data"]
         self.texts = class_texts_for(cfg, self.ds, self.ds.classnames, self.method_cls.needs_descriptions)
         self.protocol = cfg["protocol"]
@@ -400,7 +401,7 @@ def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"
 def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = True,
                  quiet: bool = False) -> dict:
     cfg, texts, backbone, method, sdir = load_run(run)
-    ds = load_dataset(dataset or cfg["dataset"])
+    ds = load_dataset(dataset or cfg["dataset"], **(dataset_options(cfg) if not dataset else {}))
     names = method.texts.classnames
     lower = {c.lower(): i for i, c in enumerate(ds.classnames)}
     if all(n.lower() in lower for n in names):

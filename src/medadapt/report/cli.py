@@ -48,6 +48,8 @@ REPORT_EPILOG = """writes into OUT (default RUNS_DIR/report):
 examples:
   medadapt report runs/fs
   medadapt report runs/fs --metrics accuracy macro_f1 auc --shots 16 --no-tsne
+  medadapt report runs/biomedcoop-fewshot --compare biomedcoop-fewshot
+      (paper / ours ± seed std / difference per data set and mean -> compare_*.md/csv/png)
 """
 
 
@@ -59,6 +61,11 @@ class _Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFo
 
 def _cmd_bench(args) -> int:
     from medadapt.report.bench import (expand_grid, load_grid, parse_shard, run_bench, validate)
+    if args.data_root:
+        root = Path(args.data_root).expanduser()
+        if not root.is_dir():
+            raise UserError(f"--data-root: folder not found: {root}")
+        os.environ["MEDADAPT_DATA"] = str(root.resolve())
     grid_path = Path(args.grid)
     grid = load_grid(grid_path)
     out = args.out or grid.get("out")
@@ -96,6 +103,13 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    if args.compare:
+        from medadapt.report.compare import write_comparison
+        res = write_comparison(args.runs_dir, args.compare, out=args.out)
+        for t in res["tables"]:
+            print(f"compare {t['table']}: {t['markdown']}" + (f", plot {t['plot']}" if t["plot"] else ""))
+        print(f"all tables: {res['out']}/compare.md")
+        return 0
     from medadapt.report.report import build_report
     res = build_report(args.runs_dir, out=args.out, metrics=args.metrics, shots=args.shots,
                        tsne=not args.no_tsne, tsne_max=args.tsne_max, title=args.title,
@@ -124,6 +138,11 @@ def add_parser(subparsers) -> None:
                    help="override a config value in every run, applied last (e.g. --set "
                         "train.epochs=5); part of each run's config, so changing it later marks "
                         "finished runs as changed")
+    b.add_argument("--data-root", default=None, metavar="DIR",
+                   help="folder holding the registered data sets, each in the folder `medadapt "
+                        "datasets NAME` names (DIR/BTMRI for btmri, DIR/kather2016 for "
+                        "kather2016, ...); sets MEDADAPT_DATA for this run (default: "
+                        "$MEDADAPT_DATA or ~/.cache/medadapt/data)")
     b.add_argument("--only", nargs="+", default=None, metavar="PATTERN",
                    help="run only runs whose id (backbone/dataset/protocol/method/budget) contains "
                         "PATTERN or matches it as a glob (default: all)")
@@ -174,5 +193,12 @@ def add_parser(subparsers) -> None:
     r.add_argument("--title", default=None,
                    help="page title (default: the grid's name from bench_index.json, else the "
                         "folder name)")
+    r.add_argument("--compare", nargs="+", default=None, metavar="TABLE",
+                   help="instead of the full report: the published numbers of TABLE (a shipped "
+                        "name: biomedcoop-fewshot, biomedcoop-b2n, biomed-dpt-fewshot, "
+                        "biomed-dpt-b2n, pathoprompt-table1-fewshot, pathoprompt-table1-b2n, "
+                        "pathoprompt-table2-cross-organ; or a YAML file of the same shape) next "
+                        "to ours with the difference and its seed spread, per data set and mean, "
+                        "and a plot of ours vs published -> OUT/compare_TABLE.{md,csv,json,png}")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=_cmd_report)

@@ -1,0 +1,348 @@
+"""``medadapt report RUNS --compare TABLE``: the published numbers of a paper's table next to ours.
+
+A published table is data (``medadapt/report/published/<name>.yaml``, or any YAML of the same
+shape)::
+
+    name: biomedcoop-fewshot
+    paper: BiomedCoOp (Koleilat et al., CVPR 2025)
+    table: README "Few-shot Evaluation" (= paper Table 1, average row)
+    citation: ...
+    protocol: few-shot              # runs of this protocol only
+    backbone: biomedclip            # backbone label of the runs (optional)
+    metric: accuracy                # default metric of the columns (see COLUMN KEYS)
+    shots: 16                       # budget of metric columns (base/novel/...; optional)
+    datasets: [BTMRI, BUSI, ...]    # data set labels of the bench config; "mean" averages them
+    columns: ["1", "2", "4", "8", "16"]
+    rows:                           # paper row -> our method label, values per data set
+      - {row: CoOp, method: coop, values: {mean: [50.16, 54.18, 59.75, 65.84, 69.62]}}
+
+Column keys: a shot count (``"16"``: ``metric`` at that K), ``avg`` (``metric`` averaged over the
+table's ``avg_shots``), or a result key at ``shots``: ``base``, ``novel``, ``hm``, ``accuracy``,
+``macro_f1``, ``novel_macro_f1``, ``base_macro_f1``, ``mean_domain_accuracy``, ``domain:NAME``.
+Values are percentages; ``null`` where the paper has none; a row may carry ``derived: "how"``
+when a value is computed from the paper's text (e.g. 66.14 - 6.20) rather than printed.
+
+Ours per cell: the mean over seeds of the runs matching (method label, data set label, protocol,
+budget), in %, with the seed standard deviation; the ``mean`` data set averages the data sets of
+the table that have runs, seed by seed, and says how many of them it covers. Data sets without
+runs are listed with the reason (the bench's recorded error, e.g. the folder it expected), never
+as zeros; a partial suite gives a partial table.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from medadapt.errors import UserError
+
+PUBLISHED_DIR = "published"
+TABLE_KEYS = {"name", "paper", "table", "citation", "source", "protocol", "backbone", "metric",
+              "shots", "avg_shots", "datasets", "columns", "rows", "notes"}
+ROW_KEYS = {"row", "method", "values", "derived"}
+RESULT_KEYS = {"base", "novel", "hm"}
+
+
+def published_dir() -> Path:
+    return Path(str(resources.files("medadapt.report").joinpath(PUBLISHED_DIR)))
+
+
+def available_tables() -> list[str]:
+    return sorted(p.stem for p in published_dir().glob("*.yaml"))
+
+
+def load_table(name_or_path: str | Path) -> dict:
+    """A shipped table by name (``biomedcoop-fewshot``) or a YAML file of the same shape."""
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = published_dir() / f"{name_or_path}.yaml"
+        if not p.exists():
+            raise UserError(f"unknown published table {str(name_or_path)!r}; shipped: "
+                            f"{', '.join(available_tables())} (or pass a YAML file)")
+    if not p.exists():
+        raise UserError(f"published table not found: {p}")
+    try:
+        t = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(t, dict):
+        raise UserError(f"{p}: a published table is a YAML mapping")
+    bad = set(t) - TABLE_KEYS
+    if bad:
+        raise UserError(f"{p}: unknown keys {sorted(bad)}; valid: {sorted(TABLE_KEYS)}")
+    for k in ("name", "paper", "citation", "protocol", "columns", "rows"):
+        if not t.get(k):
+            raise UserError(f"{p}: needs '{k}'")
+    cols = [str(c) for c in t["columns"]]
+    t["columns"] = cols
+    for r in t["rows"]:
+        if not isinstance(r, dict) or set(r) - ROW_KEYS or not {"row", "method", "values"} <= set(r):
+            raise UserError(f"{p}: each row is {{row, method, values[, derived]}}, got {r!r}")
+        for ds, vals in r["values"].items():
+            if not isinstance(vals, list) or len(vals) != len(cols):
+                raise UserError(f"{p}: row {r['row']!r}, data set {ds!r}: {len(cols)} values "
+                                f"expected (columns {cols}), got {vals!r}")
+    t["_path"] = str(p)
+    return t
+
+
+@dataclass
+class Cell:
+    paper: float | None
+    ours: float | None  # mean over seeds, %
+    std: float | None  # over seeds, %
+    n_seeds: int = 0
+    note: str = ""
+
+    @property
+    def diff(self) -> float | None:
+        if self.paper is None or self.ours is None:
+            return None
+        return self.ours - self.paper
+
+
+def _get(result: dict, key: str):
+    m = result.get("metrics") or {}
+    if key in RESULT_KEYS:
+        v = result.get(key)
+    elif key.startswith("domain:"):
+        v = (result.get("domain_accuracy") or {}).get(key[7:])
+    elif key.startswith("novel_") or key.startswith("base_"):
+        part, _, metric = key.partition("_")
+        v = (result.get(f"{part}_metrics") or {}).get(metric)
+    else:
+        v = m.get(key)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) * 100.0
+
+
+def _budget_of(col: str, table: dict) -> tuple[str, list[int]]:
+    """(result key, shot counts) of a column."""
+    if col.isdigit():
+        return table.get("metric", "accuracy"), [int(col)]
+    if col == "avg":
+        return table.get("metric", "accuracy"), [int(k) for k in table.get("avg_shots") or []]
+    if table.get("shots") is None:
+        raise UserError(f"{table['_path']}: column {col!r} needs the table's 'shots'")
+    return col, [int(table["shots"])]
+
+
+def _seed_map(run, key: str) -> dict[int, float]:
+    out = {}
+    for r in run.results:
+        v = _get(r, key)
+        if v is not None:
+            out[int(r.get("seed") or 0)] = v
+    return out
+
+
+def _failures(root: Path) -> dict[tuple[str, str], str]:
+    """(method label, data set label) -> error of the bench's failed runs."""
+    p = root / "bench_index.json"
+    out: dict[tuple[str, str], str] = {}
+    if p.exists():
+        try:
+            for e in json.loads(p.read_text()).get("runs", []):
+                if e.get("status") in ("failed", "changed") and e.get("error"):
+                    out.setdefault((e.get("method"), e.get("dataset")), e["error"])
+                    out.setdefault(("*", e.get("dataset")), e["error"])
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    return out
+
+
+def compare(runs_dir: str | Path, table: dict | str | Path) -> dict:
+    """Every (row, data set, column) cell of ``table`` with ours beside it."""
+    from medadapt.report.report import load_runs
+    t = table if isinstance(table, dict) else load_table(table)
+    root = Path(runs_dir)
+    runs, notes = load_runs(root)
+    runs = [r for r in runs if r.protocol == t["protocol"]]
+    bb = t.get("backbone")
+    if bb and any(r.backbone == bb for r in runs):
+        runs = [r for r in runs if r.backbone == bb]
+    elif bb and runs:
+        notes.append(f"the paper used {bb}; these runs use "
+                     f"{', '.join(sorted({r.backbone for r in runs}))}")
+    fails = _failures(root)
+    by = {}
+    for r in runs:
+        if r.fraction is None:
+            by[(r.label, r.dataset, int(r.shots or 0))] = r
+    table_ds = list(t.get("datasets") or [])
+    present = sorted({r.dataset for r in runs})
+    missing = {d: fails.get(("*", d), "no runs") for d in table_ds
+               if d != "mean" and d not in present}
+    cells: dict[tuple[str, str, str], Cell] = {}
+    ds_rows: dict[str, list[str]] = {}
+    for row in t["rows"]:
+        label = row["method"]
+        wanted = list(row["values"])
+        extra = [d for d in table_ds if d not in wanted and d != "mean"]
+        for ds in wanted + extra:
+            paper_vals = row["values"].get(ds) or [None] * len(t["columns"])
+            ds_rows.setdefault(row["row"], []).append(ds)
+            for col, pv in zip(t["columns"], paper_vals):
+                key, ks = _budget_of(col, t)
+                cells[(row["row"], ds, col)] = _ours(by, label, ds, key, ks, table_ds, fails,
+                                                     None if pv is None else float(pv))
+    return {"table": t, "cells": cells, "rows": ds_rows, "missing": missing, "notes": notes,
+            "runs_dir": str(root), "n_runs": len(runs),
+            "backbones": sorted({r.backbone for r in runs})}
+
+
+def _ours(by, label, ds, key, shots, table_ds, fails, paper) -> Cell:
+    def seeds_for(d: str) -> dict[int, float] | None:
+        per_k = []
+        for k in shots:
+            run = by.get((label, d, k))
+            if run is None:
+                return None
+            per_k.append(_seed_map(run, key))
+        common = set.intersection(*(set(m) for m in per_k)) if per_k else set()
+        if not common:
+            return None
+        return {s: float(np.mean([m[s] for m in per_k])) for s in common}
+
+    if ds == "mean":
+        members = [d for d in table_ds if d != "mean"]
+        got = {d: seeds_for(d) for d in members}
+        have = {d: v for d, v in got.items() if v}
+        if not have:
+            return Cell(paper, None, None, 0, "no runs of the table's data sets")
+        common = set.intersection(*(set(v) for v in have.values()))
+        if not common:
+            return Cell(paper, None, None, 0, "no seed shared by all data sets")
+        per_seed = [float(np.mean([have[d][s] for d in have])) for s in sorted(common)]
+        note = "" if len(have) == len(members) else f"mean over {len(have)} of {len(members)} data sets"
+        return Cell(paper, float(np.mean(per_seed)), float(np.std(per_seed)), len(per_seed), note)
+    vals = seeds_for(ds)
+    if not vals:
+        why = fails.get((label, ds)) or fails.get(("*", ds))
+        return Cell(paper, None, None, 0, f"missing: {why}" if why else "no run")
+    v = list(vals.values())
+    return Cell(paper, float(np.mean(v)), float(np.std(v)), len(v))
+
+
+def _fmt(x: float | None, d: int = 2, sign: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{x:+.{d}f}" if sign else f"{x:.{d}f}"
+
+
+def to_markdown(res: dict) -> str:
+    t = res["table"]
+    head = [f"## {t['paper']}: {t.get('table', t['name'])}", "",
+            f"Published: {t['citation']}" + (f" — {t['source']}" if t.get("source") else ""), "",
+            f"Ours: `{res['runs_dir']}` ({res['n_runs']} run folders, protocol {t['protocol']}, "
+            f"backbone {', '.join(res['backbones']) or '–'}"
+            + (f"; the paper's: {t['backbone']}" if t.get("backbone") else "") + "). Cells: "
+            "paper / ours ± std over seeds / difference (ours − paper), in %.", ""]
+    cols = t["columns"]
+    lines = ["| row | data set | " + " | ".join(cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    notes = []
+    for row in t["rows"]:
+        derived = row.get("derived")
+        for ds in res["rows"].get(row["row"], []):
+            parts = []
+            for col in cols:
+                c = res["cells"][(row["row"], ds, col)]
+                ours = "–" if c.ours is None else f"{c.ours:.2f} ± {c.std:.2f}"
+                parts.append(f"{_fmt(c.paper)} / {ours} / {_fmt(c.diff, sign=True)}")
+                if c.note and c.note not in notes:
+                    notes.append(c.note)
+            name = row["row"] + (" (derived)" if derived else "")
+            lines.append(f"| {name} | {ds} | " + " | ".join(parts) + " |")
+    out = head + lines + [""]
+    derived = [f"- {r['row']}: {r['derived']}" for r in t["rows"] if r.get("derived")]
+    if derived:
+        out += ["Derived values (computed from the paper's text, not printed in it):"] + derived + [""]
+    if res["missing"]:
+        out += ["Data sets without runs (not counted as zeros):"]
+        out += [f"- {d}: {why}" for d, why in res["missing"].items()] + [""]
+    notes = [n for n in res["notes"] if "the paper used" in n] + notes
+    if notes:
+        out += ["Notes: " + "; ".join(notes), ""]
+    if t.get("notes"):
+        out += [str(t["notes"]).strip(), ""]
+    return "\n".join(out)
+
+
+def write_csv(res: dict, path: Path) -> None:
+    t = res["table"]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["paper", "table", "row", "method", "dataset", "column", "paper_value",
+                    "ours_mean", "ours_std", "n_seeds", "difference", "note", "citation"])
+        for row in t["rows"]:
+            for ds in res["rows"].get(row["row"], []):
+                for col in t["columns"]:
+                    c = res["cells"][(row["row"], ds, col)]
+                    w.writerow([t["paper"], t.get("table", t["name"]), row["row"], row["method"],
+                                ds, col, c.paper, c.ours, c.std, c.n_seeds, c.diff, c.note,
+                                t["citation"]])
+
+
+def plot(res: dict, path: Path) -> Path | None:
+    """Ours (y, ± seed std) against published (x), one point per filled cell; the diagonal is
+    'as published'."""
+    from matplotlib.figure import Figure
+    pts = [(k, c) for k, c in res["cells"].items() if c.paper is not None and c.ours is not None]
+    if not pts:
+        return None
+    fig = Figure(figsize=(5.2, 5.0))
+    ax = fig.add_subplot(111)
+    rows = list(dict.fromkeys(k[0] for k, _ in pts))
+    from matplotlib import colormaps
+    cmap = colormaps["tab10"]
+    for i, r in enumerate(rows):
+        xs = [c.paper for k, c in pts if k[0] == r]
+        ys = [c.ours for k, c in pts if k[0] == r]
+        es = [c.std or 0 for k, c in pts if k[0] == r]
+        ax.errorbar(xs, ys, yerr=es, fmt="o", color=cmap(i % 10), label=r, capsize=2, ms=4)
+    lo = min(min(c.paper, c.ours) for _, c in pts) - 5
+    hi = max(max(c.paper, c.ours) for _, c in pts) + 5
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("published (%)")
+    ax.set_ylabel("ours (%, mean ± std over seeds)")
+    ax.set_title(res["table"]["name"], fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_comparison(runs_dir: str | Path, tables: list[str], out: str | Path | None = None) -> dict:
+    """Write ``compare_<table>.{md,csv,json,png}`` (and ``compare.md`` with all tables)."""
+    root = Path(runs_dir)
+    if not root.exists():
+        raise UserError(f"runs folder not found: {root}")
+    out = Path(out) if out else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    parts, written = [], []
+    for name in tables:
+        res = compare(root, name)
+        key = res["table"]["name"]
+        md = to_markdown(res)
+        parts.append(md)
+        (out / f"compare_{key}.md").write_text(md + "\n", encoding="utf-8")
+        write_csv(res, out / f"compare_{key}.csv")
+        js = [{"row": k[0], "dataset": k[1], "column": k[2], "paper": c.paper, "ours": c.ours,
+               "std": c.std, "n_seeds": c.n_seeds, "difference": c.diff, "note": c.note}
+              for k, c in res["cells"].items()]
+        (out / f"compare_{key}.json").write_text(json.dumps(
+            {"table": {k: v for k, v in res["table"].items() if not k.startswith("_")},
+             "missing": res["missing"], "cells": js}, indent=1), encoding="utf-8")
+        png = plot(res, out / f"compare_{key}.png")
+        written.append({"table": key, "markdown": str(out / f"compare_{key}.md"),
+                        "plot": str(png) if png else None, "result": res})
+    (out / "compare.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return {"out": str(out), "tables": written}
