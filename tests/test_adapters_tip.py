@@ -89,8 +89,9 @@ def test_tip_f_learns_only_keys(env, data_csv, tmp_path):
 
 
 @pytest.mark.parametrize("method, extra", [
-    ("tip-adapter", []),
-    ("tip-adapter-f", ["--set", "train.epochs=50", "--set", "train.lr=0.01"]),
+    ("tip-adapter", ["--set", "data.augment_views=0"]),  # overfitting the un-augmented train images
+    ("tip-adapter-f", ["--set", "train.epochs=50", "--set", "train.lr=0.01",
+                       "--set", "data.augment_views=0"]),
 ])
 def test_cli_overfits_and_reloads(env, data_csv, tmp_path, method, extra):
     from medadapt.engine.runner import evaluate_run
