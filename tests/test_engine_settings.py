@@ -253,3 +253,29 @@ def test_prograd_init_is_zeros_then_a_photo_of_a(bb):
     r = get_method("prograd")(bb, TEXTS, {"ctx_init": None})  # CoOp's random init
     assert r.prompt.ctx.detach().abs().min() > 0
     assert F.cosine_similarity(r.prompt.ctx.flatten(), ctx.flatten(), dim=0) < 0.5
+
+
+# --- defaults with sources -----------------------------------------------------------------------
+def test_methods_doc_is_up_to_date():
+    from pathlib import Path
+
+    from medadapt.methods._defaults_doc import render_doc
+    doc = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+    assert doc.read_text() == render_doc(), (
+        "docs/methods.md is stale: python -m medadapt.methods._defaults_doc > docs/methods.md")
+
+
+def test_methods_cli_prints_resolved_defaults_with_sources(capsys):
+    from conftest import run_cli
+    assert run_cli("methods", "coop", "--shots", "1") == 0
+    out = capsys.readouterr().out
+    assert "train.epochs = 50" in out and "vit_b16_ep50.yaml" in out
+    assert "train.grad_clip = 0.0" in out
+    assert run_cli("methods", "nope") == 2
+    # every released default of the methods this issue set up names a source
+    for name in ("coop", "cocoop", "kgcoop", "prograd", "maple", "promptsrc", "coprompt",
+                 "biomedcoop", "tip-adapter-f"):
+        cls = get_method(name)
+        for key in [*(f"method.{k}" for k in cls.defaults),
+                    *(f"train.{k}" for k in cls.train_defaults)]:
+            assert key in cls.sources, (name, key)
