@@ -89,10 +89,21 @@ def test_engine_sets_the_epoch_schedule(bb):
     lrs = []
     orig_loss = m.loss
     m.loss = lambda b: (lrs.append(opt[0].param_groups[0]["lr"]), orig_loss(b))[1]
-    eng.train(m, split_of(7))  # 3 steps per epoch
+    eng.train(m, split_of(7))  # 2 full batches per epoch (Dassl drops the last incomplete one)
     per_epoch = [dassl_lr(e, 4, eng.cfg) for e in range(4)]
-    assert lrs == [lr for lr in per_epoch for _ in range(3)]
+    assert lrs == [lr for lr in per_epoch for _ in range(2)]
     assert eng.cfg["sched_unit"] == "epoch"
+
+
+@pytest.mark.parametrize("drop_last, n, steps, seen", [(True, 7, 2, 6), (False, 7, 3, 7),
+                                                       (True, 2, 1, 2)])
+def test_drop_last_as_dassl(bb, drop_last, n, steps, seen):
+    m = Probe(bb, TEXTS)
+    eng = Engine({"epochs": 1, "batch_size": 3, "drop_last": drop_last, "checkpoint": False},
+                 progress=False)
+    eng.train(m, split_of(n))
+    assert eng.steps_per_epoch(n) == steps == len(m.seen)
+    assert sum(len(r["index"]) for r in m.seen) == seen
 
 
 # --- clipping, eps -------------------------------------------------------------------------------

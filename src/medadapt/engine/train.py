@@ -42,6 +42,7 @@ TRAIN_DEFAULTS = {
     "eps": 1e-8,  # AdamW eps (torch's default; Tip-Adapter-F's reference uses 1e-4)
     "grad_clip": 0.0,  # max gradient norm; 0 (default) disables: no reference trainer clips
     "backbone_mode": "eval",  # eval | train: the frozen backbone's module mode while training
+    "drop_last": True,  # drop the last incomplete training batch when there is a full one (Dassl)
     "amp": True,  # only used on CUDA
     "eval_every": 0,  # epochs between validation passes (0: only at the end)
     "checkpoint": True,  # save checkpoints during training (enables --resume)
@@ -131,11 +132,21 @@ class Engine:
         self.resume = False
 
     # -- batches ---------------------------------------------------------------------------------
+    def steps_per_epoch(self, n: int) -> int:
+        """Training steps per epoch: Dassl's loader drops the last incomplete batch
+        (``drop_last=is_train and len(data_source) >= batch_size``)."""
+        bs = self.cfg["batch_size"]
+        if self.cfg["drop_last"] and n >= bs:
+            return n // bs
+        return max(1, math.ceil(n / bs))
+
     def batches(self, method: Method, split: Split, shuffle: bool, epoch: int = 0, train=True):
         bs = self.cfg["batch_size"]
         n = len(split)
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+        if train and shuffle and self.cfg["drop_last"] and n >= bs:
+            order = order[:n // bs * bs]
         if method.needs_images:
             t = method.backbone.train_preprocess if train else method.backbone.preprocess
             ds = _PixelDS(split, t)
@@ -150,7 +161,7 @@ class Engine:
             # one pre-encoded augmented view per item and epoch (the un-augmented view is the
             # eval transform's, which the references never train on)
             feats = split.views[view_schedule(n, len(split.views), epoch, self.seed), torch.arange(n)]
-        for s in range(0, n, bs):
+        for s in range(0, len(order), bs):
             js = order[s:s + bs]
             yield self._batch(split, js, features=feats[js])
 
@@ -195,7 +206,7 @@ class Engine:
         if not params:
             return {"epochs": 0}
         opt = self._optimizer(params)
-        steps_per_epoch = max(1, math.ceil(len(train) / c["batch_size"]))
+        steps_per_epoch = self.steps_per_epoch(len(train))
         total = c["epochs"] * steps_per_epoch
         warm = min(c["warmup_epochs"] * steps_per_epoch, max(total - 1, 0))
         use_amp = c["amp"] and self.device.type == "cuda"

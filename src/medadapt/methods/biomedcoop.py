@@ -63,7 +63,7 @@ class BiomedCoOp(CoOp):
     train_defaults = {"optimizer": "sgd", "lr": 0.0025, "momentum": 0.9, "weight_decay": 5e-4,
                       "epochs": 100, "batch_size": 4, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
-                      "backbone_mode": "train"}
+                      "backbone_mode": "train", "drop_last": True}
     by_shots = {}
     by_protocol = {"base-to-novel": {"train.epochs": 50, "method.kdsp_lambda": 0.5, "method.tau": 1.25}}
     sources = {

@@ -31,7 +31,7 @@ class CoCoOp(Method):
     train_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4,
                       "epochs": 10, "batch_size": 1, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
-                      "backbone_mode": "eval"}
+                      "backbone_mode": "eval", "drop_last": True}
     sources = {
         "method.n_ctx": "KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml N_CTX 4",
         "method.ctx_init": "vit_b16_c4_ep10_batch1_ctxv1.yaml CTX_INIT 'a photo of a'",

@@ -32,6 +32,8 @@ DASSL_SGD_SOURCES = {
                          "CosineAnnealingLR(T_max=MAX_EPOCH) in ConstantWarmupScheduler "
                          "(Dassl.pytorch dassl/optim/lr_scheduler.py)"),
     "train.grad_clip": "no clipping in Dassl's model_backward_and_update (reference trainers never clip)",
+    "train.drop_last": ("Dassl dassl/data/data_manager.py build_data_loader: "
+                        "drop_last=is_train and len(data_source) >= batch_size"),
 }
 AUGMENT_SOURCE = ("reference INPUT.TRANSFORMS random_resized_crop (scale 0.08-1) + random_flip, a fresh "
                   "draw each epoch; here V=10 pre-encoded views, one per epoch "
@@ -45,7 +47,7 @@ class CoOp(Method):
     train_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4,
                       "epochs": 200, "batch_size": 32, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
-                      "backbone_mode": "eval"}
+                      "backbone_mode": "eval", "drop_last": True}
     by_shots = COOP_EPOCHS_BY_SHOTS
     sources = {
         "method.n_ctx": "CoOp paper Sec. 4.1 (M=16); KaiyangZhou/CoOp scripts/coop/main.sh NCTX=16",

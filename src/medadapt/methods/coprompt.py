@@ -54,7 +54,7 @@ class CoPrompt(Method):
     train_defaults = {"optimizer": "sgd", "lr": 0.0035, "momentum": 0.9, "weight_decay": 5e-4,
                       "epochs": 8, "batch_size": 4, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
-                      "backbone_mode": "train"}
+                      "backbone_mode": "train", "drop_last": True}
     sources = {
         "method.n_ctx": "ShuvenduRoy/CoPrompt configs/trainers/vit_b16_c2_ep5_batch4_2ctx_randaug.yaml N_CTX 2",
         "method.ctx_init": "CoPrompt ..._randaug.yaml CTX_INIT 'a photo of a'",

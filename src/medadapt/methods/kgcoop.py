@@ -35,7 +35,7 @@ class KgCoOp(CoOp):
     train_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4,
                       "epochs": 100, "batch_size": 128, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
-                      "backbone_mode": "eval"}
+                      "backbone_mode": "eval", "drop_last": True}
     by_shots = {}
     sources = {
         "method.n_ctx": "htyao89/KgCoOp scripts/base2new_train.sh NCTX=4",

@@ -58,7 +58,7 @@ class MaPLe(Method):
     train_defaults = {"optimizer": "sgd", "lr": 0.0035, "momentum": 0.9, "weight_decay": 5e-4,
                       "epochs": 5, "batch_size": 4, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
-                      "backbone_mode": "train"}
+                      "backbone_mode": "train", "drop_last": True}
     # domain generalisation / cross-dataset runs (paper Sec. 4.3-4.4) use the cross-dataset config
     by_protocol = {"cross-domain": {"train.epochs": 2, "train.lr": 0.0026, "method.depth": 3}}
     sources = {

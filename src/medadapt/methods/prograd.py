@@ -56,7 +56,7 @@ class ProGrad(CoOp):
     train_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4,
                       "epochs": 200, "batch_size": 32, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
-                      "backbone_mode": "eval"}
+                      "backbone_mode": "eval", "drop_last": True}
     by_shots = COOP_EPOCHS_BY_SHOTS
     by_protocol = {"base-to-novel": {"train.epochs": 100}}
     sources = {

@@ -50,7 +50,7 @@ class PromptSRC(Method):
     train_defaults = {"optimizer": "sgd", "lr": 0.0025, "momentum": 0.9, "weight_decay": 5e-4,
                       "epochs": 50, "batch_size": 4, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
-                      "backbone_mode": "train"}
+                      "backbone_mode": "train", "drop_last": True}
     by_protocol = {"base-to-novel": {"train.epochs": 20, "method.gpa_mean": 15.0, "method.gpa_std": 1.0},
                    # domain generalisation uses the cross-dataset config (depth 3, GPA 6/10)
                    "cross-domain": {"train.epochs": 20, "method.gpa_mean": 6.0, "method.gpa_std": 10.0,
@@ -122,7 +122,7 @@ class PromptSRC(Method):
     def fit(self, train, val, engine) -> dict:
         c, e = self.cfg, engine.cfg
         epochs = int(e["epochs"])
-        self._spe = max(1, math.ceil(len(train) / e["batch_size"]))
+        self._spe = engine.steps_per_epoch(len(train))
         self._step = 0
         if c["gpa"] and epochs > 0:
             mean = c["gpa_mean"] if c["gpa_mean"] is not None else 0.75 * epochs

@@ -232,7 +232,8 @@ class SCALE(Method):
                 "missing_concepts": "error",  # error | class-only
                 "top_k": 3}
     train_defaults = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 1e-4, "epochs": 150,
-                      "batch_size": 32, "warmup_epochs": 0, "sched_unit": "step"}
+                      "batch_size": 32, "warmup_epochs": 0, "sched_unit": "step",
+                      "drop_last": False}
     data_defaults = {"augment_views": 0}  # the paper trains on the frozen features as they are
     learned_buffers = ("hierarchy_json",)
     sources = {
@@ -248,6 +249,7 @@ class SCALE(Method):
         "train.batch_size": "SCALE paper Sec. 2.3: 'adapted according to the data set size'; 32 here",
         "train.sched_unit": "not stated in the paper: per-step cosine (medadapt's previous behaviour)",
         "train.grad_clip": "no clipping mentioned in the paper",
+        "train.drop_last": "not stated in the paper: every image used each epoch (medadapt's previous behaviour)",
         "data.augment_views": "SCALE paper Sec. 2.3: 'No augmentations were used for finetuning in the first use case'",
     }
 

@@ -156,7 +156,7 @@ class TipAdapterF(TipAdapter):
     learned_buffers = ("cache_values", "alpha_beta")
     train_defaults = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "eps": 1e-4,
                       "epochs": 20, "batch_size": 256, "warmup_epochs": 0, "grad_clip": 0.0,
-                      "sched_unit": "step", "backbone_mode": "eval"}
+                      "sched_unit": "step", "backbone_mode": "eval", "drop_last": False}
     sources = {
         **TipAdapter.sources,
         "train.optimizer": "Tip-Adapter main.py: torch.optim.AdamW(adapter.parameters(), lr=cfg['lr'], eps=1e-4)",
@@ -170,6 +170,8 @@ class TipAdapterF(TipAdapter):
                              "stepped every iteration"),
         "train.grad_clip": "Tip-Adapter main.py: no clipping",
         "train.backbone_mode": "Tip-Adapter: CLIP in eval mode (features only)",
+        "train.drop_last": ("Tip-Adapter datasets/utils.py build_data_loader(drop_last=False) (that file is "
+                            "not in the searchable copy; unverified here)"),
     }
 
     def __init__(self, backbone, texts, cfg=None):
