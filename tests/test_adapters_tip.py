@@ -33,7 +33,7 @@ def test_training_free_logits_equal_formula(env, data_csv):
     bb = backbone("tiny-hf-clip")
     tr, va = feature_split(bb, data_csv, "train"), feature_split(bb, data_csv, "val")
     texts = load_class_texts(tr.ds.classnames)
-    m = TipAdapter(bb, texts, {"search": False})
+    m = TipAdapter(bb, texts, {"search": False, "init_alpha": 1.17})  # Tip-Adapter's ImageNet alpha
     info = m.fit(tr, va, Engine({}, progress=False))
     assert info["alpha"] == pytest.approx(1.17) and info["beta"] == pytest.approx(1.0)
     x = F.normalize(va.features, dim=-1)

@@ -21,9 +21,11 @@ stepped per iteration over 20 epochs, batch 256, as in the released ``main.py`` 
 
 Both search alpha and beta afterwards on the few-shot **validation** split only (never test):
 the released code's grid ``beta in 0.1 + i (s_beta - 0.1) / n_beta``, ``alpha in 0.1 + j
-(s_alpha - 0.1) / n_alpha`` with ``search_scale = [7, 3]``, ``search_step = [200, 20]``
-(ImageNet config; ``init_beta 1``, ``init_alpha 1.17``). Without a validation split the initial
-values are kept. Ties keep the first grid point (smallest beta, then smallest alpha).
+(s_alpha - 0.1) / n_alpha``. Defaults follow BiomedCoOp's medical Tip-Adapter config
+(``configs/trainers/TiP_Adapter/few_shot.yaml``: ``search_scale [50, 50]``, ``search_step
+[200, 200]``, ``init_beta 1``, ``init_alpha 1``), wider than Tip-Adapter's ImageNet grid
+(``[7, 3]``, ``[200, 20]``, ``init_alpha 1.17``). Without a validation split the initial values
+are kept. Ties keep the first grid point (smallest beta, then smallest alpha).
 """
 from __future__ import annotations
 
@@ -66,25 +68,30 @@ def search_alpha_beta(f: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
     return best[1], best[2], best[0]
 
 
+# BiomedCoOp's medical Tip-Adapter config; read from a public fork of BiomedCoOp
+# (tongdiedie/BiomedAP), the upstream file is not in the searchable copy.
+_BIOMED_TIP = "HealthX-Lab/BiomedCoOp configs/trainers/TiP_Adapter/few_shot.yaml"
+
+
 @register_method("tip-adapter")
 class TipAdapter(Method):
     paper = "Zhang et al., Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification, ECCV 2022"
     trainable = False
     supports_novel = False  # the cache values are one-hot over the training classes
-    defaults = {"init_alpha": 1.17, "init_beta": 1.0, "search": True,
-                "search_scale": [7.0, 3.0], "search_step": [200, 20], "text_mode": "template"}
+    defaults = {"init_alpha": 1.0, "init_beta": 1.0, "search": True,
+                "search_scale": [50.0, 50.0], "search_step": [200, 200], "text_mode": "template"}
     data_defaults = {"augment_views": 10}
     learned_buffers = ("cache_keys", "cache_values", "alpha_beta")
     sources = {
-        "method.init_alpha": "gaopengcuhk/Tip-Adapter configs/imagenet.yaml init_alpha 1.17",
-        "method.init_beta": "Tip-Adapter configs/imagenet.yaml init_beta 1",
-        "method.search": "Tip-Adapter configs/*.yaml search_hp True (on the validation split only)",
-        "method.search_scale": ("Tip-Adapter configs/imagenet.yaml search_scale [7, 3]; the other data sets' "
-                                "configs differ (e.g. [12, 5]); BiomedCoOp's medical Tip-Adapter config "
-                                "could not be read here (not in the searchable copy)"),
-        "method.search_step": "Tip-Adapter configs/imagenet.yaml search_step [200, 20]",
+        "method.init_alpha": (f"{_BIOMED_TIP} init_alpha 1 (Tip-Adapter's ImageNet config: 1.17)"),
+        "method.init_beta": f"{_BIOMED_TIP} init_beta 1 (Tip-Adapter configs/imagenet.yaml: 1)",
+        "method.search": f"{_BIOMED_TIP} search_hp True (on the validation split only)",
+        "method.search_scale": (f"{_BIOMED_TIP} search_scale [50, 50] (Tip-Adapter configs/imagenet.yaml: "
+                                "[7, 3])"),
+        "method.search_step": f"{_BIOMED_TIP} search_step [200, 200] (Tip-Adapter imagenet.yaml: [200, 20])",
         "method.text_mode": "Tip-Adapter main.py clip_classifier: one template per class here (reference: the data set's template ensemble)",
-        "data.augment_views": "Tip-Adapter configs/*.yaml augment_epoch 10 (cache = mean over 10 augmented views)",
+        "data.augment_views": ("Tip-Adapter configs/*.yaml augment_epoch 10 (cache = mean over 10 augmented "
+                               "views); deviation from BiomedCoOp's few_shot.yaml augment_epoch 1"),
     }
 
     def __init__(self, backbone, texts, cfg=None):
