@@ -290,3 +290,21 @@ def test_methods_cli_prints_resolved_defaults_with_sources(capsys):
         for key in [*(f"method.{k}" for k in cls.defaults),
                     *(f"train.{k}" for k in cls.train_defaults)]:
             assert key in cls.sources, (name, key)
+
+
+def test_frozen_targets_are_computed_in_eval_mode_under_train_mode(bb):
+    from medadapt.engine.train import set_backbone_mode
+    texts = ClassTexts(["adipose", "tumor"], ["a histopathology image of {}."],
+                       {"adipose": ["fat cells", "empty vacuoles"], "tumor": ["dark nuclei", "glands"]})
+    m = get_method("biomedcoop")(bb, texts)
+    ref = m._descriptions().clone()  # built in eval mode
+    set_backbone_mode(m, True)
+    try:
+        m.train()
+        assert bb.training  # dropout on for the prompted forward ...
+        m._desc = None
+        assert torch.equal(m._descriptions(), ref)  # ... but not for the frozen targets
+        assert bb.training
+    finally:
+        set_backbone_mode(m, False)
+        m.eval()
