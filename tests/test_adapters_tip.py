@@ -33,7 +33,7 @@ def test_training_free_logits_equal_formula(env, data_csv):
     bb = backbone("tiny-hf-clip")
     tr, va = feature_split(bb, data_csv, "train"), feature_split(bb, data_csv, "val")
     texts = load_class_texts(tr.ds.classnames)
-    m = TipAdapter(bb, texts, {"search": False})
+    m = TipAdapter(bb, texts, {"search": False, "init_alpha": 1.17})  # Tip-Adapter's ImageNet alpha
     info = m.fit(tr, va, Engine({}, progress=False))
     assert info["alpha"] == pytest.approx(1.17) and info["beta"] == pytest.approx(1.0)
     x = F.normalize(va.features, dim=-1)
@@ -89,8 +89,9 @@ def test_tip_f_learns_only_keys(env, data_csv, tmp_path):
 
 
 @pytest.mark.parametrize("method, extra", [
-    ("tip-adapter", []),
-    ("tip-adapter-f", ["--set", "train.epochs=50", "--set", "train.lr=0.01"]),
+    ("tip-adapter", ["--set", "data.augment_views=0"]),  # overfitting the un-augmented train images
+    ("tip-adapter-f", ["--set", "train.epochs=50", "--set", "train.lr=0.01",
+                       "--set", "data.augment_views=0"]),
 ])
 def test_cli_overfits_and_reloads(env, data_csv, tmp_path, method, extra):
     from medadapt.engine.runner import evaluate_run

@@ -82,6 +82,16 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
+def _methods(args) -> int:
+    if args.name is None:
+        return _list("methods")
+    from medadapt.methods import get_method
+    from medadapt.methods._defaults_doc import format_method
+    get_method(args.name)  # unknown names: one-line error listing the valid ones
+    print(format_method(args.name, args.shots, args.protocol))
+    return 0
+
+
 def _fit_config(args) -> dict:
     from medadapt.config import apply_sets, load_yaml
     cfg = load_yaml(args.config) if args.config else {}
@@ -153,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, helptext in (("backbones", "list registered backbones (source id, image size, "
                                          "context length, license)"),
                            ("datasets", "list registered data sets"),
-                           ("methods", "list registered adaptation methods")):
+                           ("methods", "list registered adaptation methods, or show one "
+                                       "method's resolved defaults with their sources")):
         sp = sub.add_parser(kind, help=helptext, description=helptext, formatter_class=_Fmt)
         sp.set_defaults(func=lambda a, k=kind: _list(k))
         if kind == "datasets":
@@ -165,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--dest", default=None,
                             help="download folder (default: $MEDADAPT_DATA/<the data set's folder>)")
             sp.set_defaults(func=_cmd_datasets)
+        if kind == "methods":
+            sp.add_argument("name", nargs="?", default=None,
+                            help="a method: print its defaults and where each comes from")
+            sp.add_argument("--shots", type=int, default=16,
+                            help="resolve shot-dependent defaults for K shots (0 = all data)")
+            sp.add_argument("--protocol", default="few-shot",
+                            choices=["few-shot", "base-to-novel", "cross-domain"])
+            sp.set_defaults(func=_methods)
 
     f = sub.add_parser("fit", help="train and evaluate a method over one or more seeds",
                        formatter_class=_Fmt, epilog=EPILOG,

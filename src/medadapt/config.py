@@ -30,7 +30,10 @@ DEFAULTS: dict = {
         "batch_size": 64,  # feature extraction batch size
         "workers": 0,  # data loader workers for feature extraction
         "precision": "auto",  # feature extraction autocast: auto (fp16 on CUDA) | fp32 | fp16 | bf16
-        "augment_views": 0,  # pre-encoded augmented views per training image (cached)
+        # cached-feature methods train on V pre-encoded augmented views of each training image
+        # (the backbone's train transform: random resized crop 0.08-1 + flip), one per epoch;
+        # 0: train on the eval transform's features. See docs/methods.md ("Augmented views").
+        "augment_views": 10,
         "cache": True,  # use the on-disk feature cache
     },
     "texts": {

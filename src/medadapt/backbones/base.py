@@ -182,8 +182,11 @@ class Backbone(nn.Module):
         self.eval()
         return self
 
-    def train(self, mode: bool = True):  # the backbone stays in eval mode (dropout/BN frozen)
-        return super().train(False)
+    def train(self, mode: bool = True):
+        """Eval mode always (dropout / batch-norm frozen) unless the engine set
+        ``allow_train_mode`` for a method whose reference trains the whole model in train mode
+        (``train.backbone_mode: train``); weights stay frozen either way."""
+        return super().train(bool(mode) and getattr(self, "allow_train_mode", False))
 
     def fingerprint(self) -> str:
         """sha256 over every weight (cached): the feature-cache key for these weights."""

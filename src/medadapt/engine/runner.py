@@ -79,6 +79,7 @@ class RunLog:
 # ------------------------------------------------------------------------------------------------
 def resolve(cfg: dict) -> dict:
     """Fill defaults (global, then the method's paper defaults) under the user's settings."""
+    user = cfg
     cfg = deep_update(DEFAULTS, cfg)
     for key in ("backbone", "dataset"):
         if not cfg.get(key):
@@ -87,12 +88,15 @@ def resolve(cfg: dict) -> dict:
     if not name:
         raise UserError("missing --method (see `medadapt methods`)")
     cls = get_method(name)
-    cfg["method"] = {**cls.defaults, **cfg["method"]}
-    from medadapt.engine.train import TRAIN_DEFAULTS
-    cfg["train"] = {**TRAIN_DEFAULTS, **cls.train_defaults, **cfg.get("train", {})}
     if cfg["protocol"] not in ("few-shot", "base-to-novel", "cross-domain"):
         raise UserError(f"unknown protocol {cfg['protocol']!r}; valid: few-shot, base-to-novel, "
                         "cross-domain")
+    shots = None if cfg["data"].get("fraction") else int(cfg["shots"])
+    d = cls.resolved_defaults(shots, cfg["protocol"])  # the paper's, shot/protocol-dependent
+    cfg["method"] = {**d["method"], **cfg["method"]}
+    cfg["train"] = {**d["train"], **(cfg.get("train") or {})}
+    cfg["data"] = {**d["data"], **((user.get("data") or {}) if isinstance(user.get("data"), dict)
+                                   else {})}
     if not cfg["seeds"]:
         raise UserError("give at least one seed")
     from medadapt.engine.features import autocast_dtype

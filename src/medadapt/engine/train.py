@@ -1,10 +1,15 @@
 """One training loop for every trainable method.
 
-SGD or AdamW, cosine schedule with warm-up (CoOp's constant warm-up LR, or linear), gradient
-clipping, AMP on GPU, a checkpoint per epoch with resume, a progress bar, and a clear stop on a
-non-finite loss. Frozen-feature methods train on cached features (optionally several pre-encoded
-augmented views, one drawn per item and epoch); methods with ``needs_images`` get pixels through
-the backbone's train transform.
+SGD or AdamW (``eps`` a setting), cosine schedule with warm-up stepped per epoch exactly as
+Dassl's ``ConstantWarmupScheduler`` / ``LinearWarmupScheduler`` around ``CosineAnnealingLR``
+(``sched_unit: epoch``, the trainer of CoOp and every method built on it) or per optimiser step
+(``sched_unit: step``: Tip-Adapter-F, CLIP-LoRA), optional gradient clipping (off by default: no
+reference trainer clips), the backbone in eval or train mode during training (``backbone_mode``:
+the Dassl trainers of MaPLe / PromptSRC / CoPrompt / BiomedCoOp call ``train()`` on the whole
+model, CoOp's on the prompt learner only), AMP on GPU, checkpoints with resume, a progress bar,
+and a clear stop on a non-finite loss. Frozen-feature methods train on cached features, by
+default on pre-encoded augmented views (one view per item and epoch, see :func:`view_schedule`);
+methods with ``needs_images`` get pixels through the backbone's train transform.
 """
 from __future__ import annotations
 
@@ -33,7 +38,11 @@ TRAIN_DEFAULTS = {
     "warmup_epochs": 1,
     "warmup": "constant",  # constant (CoOp: lr 1e-5 during warm-up) | linear
     "warmup_lr": 1e-5,
-    "grad_clip": 1.0,  # max gradient norm; 0 disables
+    "sched_unit": "epoch",  # epoch (Dassl: lr set once per epoch) | step (per optimiser step)
+    "eps": 1e-8,  # AdamW eps (torch's default; Tip-Adapter-F's reference uses 1e-4)
+    "grad_clip": 0.0,  # max gradient norm; 0 (default) disables: no reference trainer clips
+    "backbone_mode": "eval",  # eval | train: the frozen backbone's module mode while training
+    "drop_last": True,  # drop the last incomplete training batch when there is a full one (Dassl)
     "amp": True,  # only used on CUDA
     "eval_every": 0,  # epochs between validation passes (0: only at the end)
     "checkpoint": True,  # save checkpoints during training (enables --resume)
@@ -69,7 +78,9 @@ class _PixelDS(torch.utils.data.Dataset):
 
 
 def lr_at(step: int, total: int, warmup: int, cfg: dict) -> float:
-    """Learning rate at ``step`` (0-based): warm-up then cosine to zero over the remaining steps."""
+    """Per-step schedule (``sched_unit: step``): learning rate at ``step`` (0-based), warm-up then
+    cosine to zero over the remaining steps (as ``CosineAnnealingLR(T_max=steps)`` stepped per
+    iteration, Tip-Adapter-F / CLIP-LoRA)."""
     base = cfg["lr"]
     if step < warmup:
         if cfg["warmup"] == "linear":
@@ -77,6 +88,36 @@ def lr_at(step: int, total: int, warmup: int, cfg: dict) -> float:
         return cfg["warmup_lr"]
     t = (step - warmup) / max(1, total - warmup)
     return 0.5 * base * (1 + math.cos(math.pi * t))
+
+
+def dassl_lr(epoch: int, max_epoch: int, cfg: dict) -> float:
+    """Per-epoch schedule (``sched_unit: epoch``): the learning rate of 0-based ``epoch`` exactly as
+    Dassl's ``build_lr_scheduler`` (cosine, ``WARMUP_RECOUNT: True``) stepped once per epoch.
+
+    ``CosineAnnealingLR(T_max=max_epoch)`` wrapped in a warm-up scheduler of ``W`` epochs: epochs
+    ``0..W-1`` run at the warm-up rate (constant: ``warmup_lr``; linear: ``warmup_lr`` at epoch 0,
+    then ``lr · e / W``), and epoch ``e ≥ W`` at ``lr/2 · (1 + cos(π (e − W) / max_epoch))``: the
+    cosine starts after the warm-up and is not rescaled, so the last epoch's rate is not zero
+    (Dassl.pytorch ``dassl/optim/lr_scheduler.py``)."""
+    base, w = cfg["lr"], int(cfg.get("warmup_epochs") or 0)
+    if epoch < w:
+        if cfg.get("warmup", "constant") == "linear":
+            return cfg["warmup_lr"] if epoch == 0 else base * epoch / w
+        return cfg["warmup_lr"]
+    return 0.5 * base * (1 + math.cos(math.pi * (epoch - w) / max(1, max_epoch)))
+
+
+def view_schedule(n_items: int, n_views: int, epoch: int, seed: int) -> torch.Tensor:
+    """Which pre-encoded augmented view (0..V-1) each item uses in ``epoch``.
+
+    The reference trainers draw a fresh random crop of every image each epoch; with a cache of V
+    views, each item walks through its own random permutation of the V views, one per epoch, and
+    a new permutation every V epochs. So an item never sees the same view twice within V epochs,
+    every view is used, and the choice depends only on (seed, epoch) - not on batch order."""
+    cycle, pos = divmod(epoch, n_views)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * cycle + 17)
+    perms = torch.rand(n_items, n_views, generator=g).argsort(dim=1)
+    return perms[:, pos]
 
 
 class Engine:
@@ -91,11 +132,21 @@ class Engine:
         self.resume = False
 
     # -- batches ---------------------------------------------------------------------------------
+    def steps_per_epoch(self, n: int) -> int:
+        """Training steps per epoch: Dassl's loader drops the last incomplete batch
+        (``drop_last=is_train and len(data_source) >= batch_size``)."""
+        bs = self.cfg["batch_size"]
+        if self.cfg["drop_last"] and n >= bs:
+            return n // bs
+        return max(1, math.ceil(n / bs))
+
     def batches(self, method: Method, split: Split, shuffle: bool, epoch: int = 0, train=True):
         bs = self.cfg["batch_size"]
         n = len(split)
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+        if train and shuffle and self.cfg["drop_last"] and n >= bs:
+            order = order[:n // bs * bs]
         if method.needs_images:
             t = method.backbone.train_preprocess if train else method.backbone.preprocess
             ds = _PixelDS(split, t)
@@ -106,15 +157,13 @@ class Engine:
                 yield self._batch(split, js, images=xs)
             return
         feats = split.features
-        for s in range(0, n, bs):
+        if train and split.views is not None and len(split.views):
+            # one pre-encoded augmented view per item and epoch (the un-augmented view is the
+            # eval transform's, which the references never train on)
+            feats = split.views[view_schedule(n, len(split.views), epoch, self.seed), torch.arange(n)]
+        for s in range(0, len(order), bs):
             js = order[s:s + bs]
-            f = feats[js]
-            if train and split.views is not None and len(split.views):
-                # one view per item: 0 = un-augmented, 1..V = pre-encoded augmented views
-                v = torch.randint(0, len(split.views) + 1, (len(js),), generator=g)
-                aug = split.views[:, js]  # [V, b, D]
-                f = torch.where((v > 0)[:, None], aug[(v - 1).clamp(min=0), torch.arange(len(js))], f)
-            yield self._batch(split, js, features=f)
+            yield self._batch(split, js, features=feats[js])
 
     def _batch(self, split: Split, js, features=None, images=None) -> Batch:
         js = torch.as_tensor(js)
@@ -131,17 +180,33 @@ class Engine:
             return torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"],
                                    weight_decay=c["weight_decay"])
         if c["optimizer"] == "adamw":
-            return torch.optim.AdamW(params, lr=c["lr"], weight_decay=c["weight_decay"])
+            return torch.optim.AdamW(params, lr=c["lr"], weight_decay=c["weight_decay"],
+                                     eps=float(c["eps"]))
         from medadapt.errors import UserError
         raise UserError(f"unknown optimizer {c['optimizer']!r}; valid: sgd, adamw")
 
+    def _check(self) -> None:
+        from medadapt.errors import UserError
+        c = self.cfg
+        for key, valid in (("sched_unit", ("epoch", "step")), ("backbone_mode", ("eval", "train")),
+                           ("warmup", ("constant", "linear"))):
+            if c[key] not in valid:
+                raise UserError(f"train.{key} must be one of {', '.join(valid)}, got {c[key]!r}")
+
+    def lr(self, epoch: int, step: int, total: int, warm: int) -> float:
+        """The learning rate of a step (``step`` counts from 0 over the whole run)."""
+        if self.cfg["sched_unit"] == "epoch":
+            return dassl_lr(epoch, self.cfg["epochs"], self.cfg)
+        return lr_at(step, total, warm, self.cfg)
+
     def train(self, method: Method, train: Split, val: Split | None = None) -> dict:
         c = self.cfg
+        self._check()
         params = [p for p in method.parameters() if p.requires_grad]
         if not params:
             return {"epochs": 0}
         opt = self._optimizer(params)
-        steps_per_epoch = max(1, math.ceil(len(train) / c["batch_size"]))
+        steps_per_epoch = self.steps_per_epoch(len(train))
         total = c["epochs"] * steps_per_epoch
         warm = min(c["warmup_epochs"] * steps_per_epoch, max(total - 1, 0))
         use_amp = c["amp"] and self.device.type == "cuda"
@@ -156,15 +221,31 @@ class Engine:
             start_epoch, history = int(st["epoch"]), list(st["history"])
             self.log(f"resumed from epoch {start_epoch}")
         t0 = time.time()
-        step = start_epoch * steps_per_epoch
-        bar = tqdm(total=total, initial=step, desc=f"training {method.name}",
+        bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=f"training {method.name}",
                    disable=not self.progress, leave=False)
+        set_backbone_mode(method, c["backbone_mode"] == "train")
         method.train()
+        try:
+            history = self._epochs(method, train, val, opt, scaler, use_amp, params, start_epoch,
+                                   history, steps_per_epoch, total, warm, bar, ckpt, state_path)
+        finally:
+            set_backbone_mode(method, False)
+        bar.close()
+        method.eval()
+        info = {"epochs": c["epochs"], "history": history, "train_loop_seconds": time.time() - t0}
+        if val is not None and len(val):
+            info["val_accuracy"] = self.accuracy(method, val)
+        return info
+
+    def _epochs(self, method, train, val, opt, scaler, use_amp, params, start_epoch, history,
+                steps_per_epoch, total, warm, bar, ckpt, state_path) -> list:
+        c = self.cfg
+        step = start_epoch * steps_per_epoch
         for epoch in range(start_epoch, c["epochs"]):
             losses = []
             for batch in self.batches(method, train, shuffle=True, epoch=epoch):
                 for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, warm, c)
+                    g["lr"] = self.lr(epoch, step, total, warm)
                 with torch.autocast(self.device.type, enabled=use_amp):
                     loss, parts = method.loss(batch)
                 if not torch.isfinite(loss):
@@ -191,12 +272,7 @@ class Engine:
             every = c["checkpoint_every"] or max(1, c["epochs"] // 20)
             if ckpt and ((epoch + 1) % every == 0 or epoch + 1 == c["epochs"]):
                 self._save_ckpt(method, opt, epoch + 1, history, ckpt, state_path)
-        bar.close()
-        method.eval()
-        info = {"epochs": c["epochs"], "history": history, "train_loop_seconds": time.time() - t0}
-        if val is not None and len(val):
-            info["val_accuracy"] = self.accuracy(method, val)
-        return info
+        return history
 
     def _save_ckpt(self, method, opt, epoch, history, ckpt, state_path):
         tmp = ckpt.with_suffix(".tmp")
@@ -218,3 +294,13 @@ class Engine:
     def accuracy(self, method: Method, split: Split) -> float:
         lg = self.logits(method, split)
         return float((lg.argmax(1) == split.labels).float().mean()) if len(lg) else float("nan")
+
+
+def set_backbone_mode(method: Method, train: bool) -> None:
+    """Let every backbone inside ``method`` follow ``method.train()`` (``train=True``: dropout of
+    e.g. BiomedCLIP's BERT active, as in references that call ``train()`` on the whole model) or
+    keep it in eval mode (``False``, the default)."""
+    from medadapt.backbones.base import Backbone
+    for m in method.modules():
+        if isinstance(m, Backbone):
+            m.allow_train_mode = bool(train)

@@ -18,6 +18,7 @@ Contract:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -50,6 +51,16 @@ class Method(nn.Module):
     supports_novel: ClassVar[bool] = True
     defaults: ClassVar[dict] = {}  # method hyper-parameters (config key ``method``)
     train_defaults: ClassVar[dict] = {}  # engine settings this method's paper uses (``train``)
+    data_defaults: ClassVar[dict] = {}  # data settings (``data``), e.g. ``augment_views``
+    # Shot-dependent settings, as flat "section.key" overrides keyed by the smallest shot count
+    # they apply to: {1: {"train.epochs": 50}, 2: {...}, 8: {...}}; the largest key <= shots wins
+    # (all data / fractions: the largest key).
+    by_shots: ClassVar[dict[int, dict[str, Any]]] = {}
+    # Protocol-dependent settings ("base-to-novel", "cross-domain"), applied after ``by_shots``.
+    by_protocol: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Where each default comes from: "method.<key>" / "train.<key>" / "data.<key>" -> source
+    # (paper section or released config file + repository); "deviations" lists deliberate ones.
+    sources: ClassVar[dict[str, str]] = {}
     learned_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: Backbone, texts: ClassTexts, cfg: dict | None = None):
@@ -61,6 +72,28 @@ class Method(nn.Module):
     # --- to implement ---------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
+
+    # --- resolved defaults ----------------------------------------------------------------------
+    @classmethod
+    def resolved_defaults(cls, shots: int | None = 16, protocol: str = "few-shot") -> dict:
+        """{"method": ..., "train": ..., "data": ...}: the engine / data defaults under the class
+        defaults under the shot- and protocol-dependent ones (user settings go on top)."""
+        from medadapt.config import DEFAULTS
+        from medadapt.engine.train import TRAIN_DEFAULTS
+        out = {"method": copy.deepcopy(cls.defaults),
+               "train": {**TRAIN_DEFAULTS, **copy.deepcopy(cls.train_defaults)},
+               "data": {**DEFAULTS["data"], **copy.deepcopy(cls.data_defaults)}}
+        overrides: dict[str, Any] = {}
+        if cls.by_shots:
+            keys = sorted(cls.by_shots)
+            k = shots if shots and shots > 0 else keys[-1]
+            fit = [s for s in keys if s <= k] or keys[:1]
+            overrides.update(cls.by_shots[fit[-1]])
+        overrides.update(cls.by_protocol.get(protocol, {}))
+        for dotted, v in overrides.items():
+            section, key = dotted.split(".", 1)
+            out[section][key] = copy.deepcopy(v)
+        return out
 
     # --- defaults -------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -144,3 +177,16 @@ def text_features_for(backbone: Backbone, texts: ClassTexts, mode: str = "templa
         f = backbone.encode_texts(sents)
         feats.append(F.normalize(f.mean(0), dim=-1))
     return torch.stack(feats)
+
+
+@contextlib.contextmanager
+def frozen_eval(backbone: Backbone):
+    """Run the frozen backbone in eval mode inside the block (frozen targets such as description
+    features are precomputed by an eval-mode model in the references, even where training runs
+    the backbone in train mode)."""
+    was = backbone.training
+    backbone.eval()
+    try:
+        yield backbone
+    finally:
+        backbone.train(was)

@@ -13,16 +13,20 @@ CoOp's context (4 tokens from "a photo of a") regularised by LLM-generated class
   the mean of the *selected* descriptions. Selection drops outlier descriptions per batch: for
   description index i, ``s_i = mean_b max_c (logit_scale · x_b · d_{c,i})``; a robust z-score
   ``z_i = (s_i − median(s)) / MAD(s)``, standardised again, keeps ``|z| ≤ τ``. λ2 = 0.25 and
-  τ = 1.5 for few-shot, λ2 = 0.5 and τ = 1.25 for base-to-novel (set ``method.kdsp_lambda`` /
-  ``method.tau``; the method does not see the protocol).
+  τ = 1.5 for few-shot, λ2 = 0.5 and τ = 1.25 for base-to-novel (``by_protocol``; the released
+  configs set them per data set).
 
 Choices where the paper leaves room: descriptions are index-aligned across classes as in the
 released code, so the first ``N = min_c n_c`` descriptions of each class are used; when every
 score is equal (MAD = 0) all descriptions are kept; ``sccm_target="all"`` (code) uses all
 descriptions for the MSE target, ``"selected"`` the selected ones.
 
-Defaults: SGD lr 0.0025, batch 4, 50 epochs (CoOp's few-shot length), constant warm-up. The image
-encoder is untouched: cached image features, which also serve the zero-shot teacher.
+Defaults (released ``configs/trainers/BiomedCoOp/few_shot/<dataset>.yaml``): SGD lr 0.0025,
+batch 4, 100 epochs (base-to-novel: 50, ``scripts/biomedcoop/base2new.sh`` LOADEP=50), Dassl's
+per-epoch cosine with a constant warm-up epoch, and the whole model in train mode (the trainer
+registers ``self.model``, so BiomedCLIP's BERT dropout is on; the frozen description targets are
+computed in eval mode, as the reference precomputes them with a separate eval-mode model). The
+image encoder is untouched: cached image features, which also serve the zero-shot teacher.
 """
 from __future__ import annotations
 
@@ -30,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from medadapt.methods._prompt import description_features, kl_to_teacher
-from medadapt.methods.base import Batch, register_method
-from medadapt.methods.coop import CoOp
+from medadapt.methods.base import Batch, frozen_eval, register_method
+from medadapt.methods.coop import AUGMENT_SOURCE, DASSL_SGD_SOURCES, CoOp
 
 
 def select_descriptions(scores: torch.Tensor, tau: float) -> torch.Tensor:
@@ -56,8 +60,30 @@ class BiomedCoOp(CoOp):
     needs_descriptions = True
     defaults = {"n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "position": "end",
                 "sccm_lambda": 0.5, "kdsp_lambda": 0.25, "tau": 1.5, "sccm_target": "all"}
-    train_defaults = {"optimizer": "sgd", "lr": 0.0025, "epochs": 50, "batch_size": 4,
-                      "warmup_epochs": 1, "warmup": "constant", "warmup_lr": 1e-5}
+    train_defaults = {"optimizer": "sgd", "lr": 0.0025, "momentum": 0.9, "weight_decay": 5e-4,
+                      "epochs": 100, "batch_size": 4, "warmup_epochs": 1, "warmup": "constant",
+                      "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
+                      "backbone_mode": "train", "drop_last": True}
+    by_shots = {}
+    by_protocol = {"base-to-novel": {"train.epochs": 50, "method.kdsp_lambda": 0.5, "method.tau": 1.25}}
+    sources = {
+        "method.n_ctx": "HealthX-Lab/BiomedCoOp scripts/biomedcoop/*.sh NCTX=4",
+        "method.ctx_init": ("BiomedCoOp configs/trainers/BiomedCoOp/few_shot/<dataset>.yaml CTX_INIT "
+                            "(per data set, e.g. 'a dermoscopy image of a'); 'a photo of a' here"),
+        "method.csc": "BiomedCoOp scripts CSC=False", "method.position": "BiomedCoOp scripts CTP=end",
+        "method.sccm_lambda": "BiomedCoOp paper Sec. 4 (λ1 = 0.5); released configs set it per data set",
+        "method.kdsp_lambda": "BiomedCoOp paper Sec. 4 (λ2 = 0.25 few-shot, 0.5 base-to-novel); per data set in configs",
+        "method.tau": "BiomedCoOp paper Sec. 4 (τ = 1.5 few-shot, 1.25 base-to-novel); per data set in configs",
+        "method.sccm_target": "BiomedCoOp trainers/biomedcoop_biomedclip.py: MSE to the mean of all descriptions",
+        **DASSL_SGD_SOURCES,
+        "train.lr": "BiomedCoOp configs/trainers/BiomedCoOp/few_shot/<dataset>.yaml OPTIM.LR 0.0025",
+        "train.epochs": ("BiomedCoOp few_shot/<dataset>.yaml OPTIM.MAX_EPOCH 100; base-to-novel: "
+                         "scripts/biomedcoop/base2new.sh LOADEP=50"),
+        "train.batch_size": "BiomedCoOp few_shot/<dataset>.yaml DATALOADER.TRAIN_X.BATCH_SIZE 4 (assets/RUN.md)",
+        "train.backbone_mode": ("BiomedCoOp trainers/biomedcoop_biomedclip.py: register_model('prompt_learner', "
+                                "self.model, ...): the whole model, BiomedCLIP included, is set to train()"),
+        "data.augment_views": AUGMENT_SOURCE + "; a public copy of BiomedCoOp's few-shot configs lists random_resized_crop without flip",
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)
@@ -69,7 +95,9 @@ class BiomedCoOp(CoOp):
 
     def _descriptions(self) -> torch.Tensor:
         if self._desc is None:
-            feats = description_features(self.backbone, self.texts.classnames, self.texts.descriptions)
+            with frozen_eval(self.backbone):  # precomputed by an eval-mode model in the reference
+                feats = description_features(self.backbone, self.texts.classnames,
+                                             self.texts.descriptions)
             n = min(len(f) for f in feats)
             self._desc = torch.stack([f[:n] for f in feats])  # [C, N, D]
         return self._desc

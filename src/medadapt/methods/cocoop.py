@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from medadapt.methods._prompt import PromptLearner
 from medadapt.methods.base import Batch, Method, register_method
+from medadapt.methods.coop import AUGMENT_SOURCE, DASSL_SGD_SOURCES
 
 
 @register_method("cocoop")
@@ -27,8 +28,24 @@ class CoCoOp(Method):
     paper = "Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022"
     defaults = {"n_ctx": 4, "ctx_init": "a photo of a", "position": "end", "meta_ratio": 16,
                 "eval_chunk": 32}
-    train_defaults = {"optimizer": "sgd", "lr": 0.002, "epochs": 10, "batch_size": 1,
-                      "warmup_epochs": 1, "warmup": "constant", "warmup_lr": 1e-5}
+    train_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4,
+                      "epochs": 10, "batch_size": 1, "warmup_epochs": 1, "warmup": "constant",
+                      "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
+                      "backbone_mode": "eval", "drop_last": True}
+    sources = {
+        "method.n_ctx": "KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml N_CTX 4",
+        "method.ctx_init": "vit_b16_c4_ep10_batch1_ctxv1.yaml CTX_INIT 'a photo of a'",
+        "method.position": "CoCoOp prompts put the class token at the end (trainers/cocoop.py)",
+        "method.meta_ratio": "CoCoOp paper Sec. 4: Linear-ReLU-Linear meta-net, hidden = vis_dim // 16",
+        "method.eval_chunk": "medadapt: evaluation memory bound only (no effect on results)",
+        **DASSL_SGD_SOURCES,
+        "train.lr": "vit_b16_c4_ep10_batch1_ctxv1.yaml OPTIM.LR 0.002",
+        "train.epochs": "vit_b16_c4_ep10_batch1_ctxv1.yaml OPTIM.MAX_EPOCH 10 (few-shot and base-to-novel alike)",
+        "train.batch_size": "vit_b16_c4_ep10_batch1_ctxv1.yaml DATALOADER.TRAIN_X.BATCH_SIZE 1",
+        "train.backbone_mode": ("KaiyangZhou/CoOp trainers/cocoop.py registers only "
+                                "self.model.prompt_learner: CLIP stays in eval mode"),
+        "data.augment_views": AUGMENT_SOURCE,
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)

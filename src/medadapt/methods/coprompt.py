@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medadapt.methods._prompt import augment_pixels, clip_logits, description_features
-from medadapt.methods.base import Batch, Method, register_method
+from medadapt.methods.base import Batch, Method, frozen_eval, register_method
+from medadapt.methods.coop import DASSL_SGD_SOURCES
 from medadapt.methods.maple import MultiModalPrompts
 
 
@@ -50,8 +51,30 @@ class CoPrompt(Method):
     defaults = {"n_ctx": 2, "ctx_init": "a photo of a", "depth": 9, "ref_layers": 12,
                 "lambda": 1.0, "distill": "cosine", "adapter_reduction": 4,
                 "image_adapter_ratio": 0.1, "text_adapter_ratio": 0.2, "view2_min_scale": 0.6}
-    train_defaults = {"optimizer": "sgd", "lr": 0.0035, "epochs": 8, "batch_size": 4,
-                      "warmup_epochs": 1, "warmup": "constant", "warmup_lr": 1e-5}
+    train_defaults = {"optimizer": "sgd", "lr": 0.0035, "momentum": 0.9, "weight_decay": 5e-4,
+                      "epochs": 8, "batch_size": 4, "warmup_epochs": 1, "warmup": "constant",
+                      "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
+                      "backbone_mode": "train", "drop_last": True}
+    sources = {
+        "method.n_ctx": "ShuvenduRoy/CoPrompt configs/trainers/vit_b16_c2_ep5_batch4_2ctx_randaug.yaml N_CTX 2",
+        "method.ctx_init": "CoPrompt ..._randaug.yaml CTX_INIT 'a photo of a'",
+        "method.depth": "CoPrompt ..._randaug.yaml PROMPT_DEPTH 9",
+        "method.ref_layers": "medadapt: depth scaled from ViT-B's 12 blocks to the backbone's",
+        "method.lambda": "CoPrompt ..._randaug.yaml TRAINER.W 1.0 (paper: 0.1-8 per data set)",
+        "method.distill": "CoPrompt ..._randaug.yaml TRAINER.DISTILL cosine",
+        "method.adapter_reduction": "CoPrompt trainers: Adapter(dim, 4) as in CLIP-Adapter",
+        "method.image_adapter_ratio": "CoPrompt paper Sec. 3.3 (α = 0.1 image)",
+        "method.text_adapter_ratio": "CoPrompt paper Sec. 3.3 (α = 0.2 text)",
+        "method.view2_min_scale": ("medadapt: tensor-level second view standing in for the config's second "
+                                   "RandAugment draw (DATALOADER.K_TRANSFORMS 2); deviation"),
+        **DASSL_SGD_SOURCES,
+        "train.lr": "CoPrompt ..._randaug.yaml OPTIM.LR 0.0035",
+        "train.epochs": "CoPrompt ..._randaug.yaml OPTIM.MAX_EPOCH 8 (the file name says ep5)",
+        "train.batch_size": "CoPrompt ..._randaug.yaml DATALOADER.TRAIN_X.BATCH_SIZE 4",
+        "train.backbone_mode": "CoPrompt trainer (MaPLe-based) registers the whole model: CLIP in train()",
+        "data.augment_views": ("unused: pixels through the backbone's train transform every step "
+                               "(deviation: the config's INPUT.TRANSFORMS is randaugment)"),
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)
@@ -90,7 +113,8 @@ class CoPrompt(Method):
         logits = clip_logits(bb, img, txt)
         ce = F.cross_entropy(logits, batch.labels)
         if self._desc is None:
-            self._desc = description_features(bb, self.texts.classnames, self.texts.descriptions)
+            with frozen_eval(bb):  # frozen targets: computed by the eval-mode model
+                self._desc = description_features(bb, self.texts.classnames, self.texts.descriptions)
         with torch.no_grad():
             pick = [d[int(torch.randint(len(d), (1,)))] for d in self._desc]
             t_teacher = F.normalize(torch.stack(pick).to(txt.device), dim=-1)

@@ -25,7 +25,18 @@ class LinearProbe(Method):
     supports_novel = False
     defaults = {"C": None, "coarse_grid": [1e-6, 1e-4, 1e-2, 1e0, 1e2, 1e4, 1e6],
                 "fine_steps": 7, "max_iter": 1000, "class_weight": None}
+    data_defaults = {"augment_views": 0}  # CLIP's linear probe: eval-transform features only
     learned_buffers = ("weight", "bias")
+    sources = {
+        "method.C": "CLIP paper App. A.3: C chosen on a validation split (null: search)",
+        "method.coarse_grid": ("KaiyangZhou/CoOp lpclip/linear_probe.py: first sweep over C in "
+                               "1e6, 1e4, ..., 1e-6 (decades 2 apart)"),
+        "method.fine_steps": ("medadapt: a 7-point log grid over one decade each side of the best C "
+                              "(lpclip refines by binary search; deviation)"),
+        "method.max_iter": "CoOp lpclip/linear_probe.py LogisticRegression(max_iter=1000)",
+        "method.class_weight": "SCALE paper Sec. 3 compares the loss-weighted variant (balanced); off by default",
+        "data.augment_views": "CLIP App. A.3 / lpclip/feat_extractor.py: center-crop features, no augmentation",
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)

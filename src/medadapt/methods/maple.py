@@ -23,6 +23,7 @@ import torch
 
 from medadapt.methods._prompt import CoupledPrompts, PromptLearner, clip_logits, scaled_depth
 from medadapt.methods.base import Batch, Method, register_method
+from medadapt.methods.coop import DASSL_SGD_SOURCES
 
 
 class MultiModalPrompts(torch.nn.Module):
@@ -54,8 +55,28 @@ class MaPLe(Method):
     needs_images = True
     defaults = {"n_ctx": 2, "ctx_init": "a photo of a", "depth": 9, "ref_layers": 12,
                 "position": "end"}
-    train_defaults = {"optimizer": "sgd", "lr": 0.0035, "epochs": 5, "batch_size": 4,
-                      "warmup_epochs": 1, "warmup": "constant", "warmup_lr": 1e-5}
+    train_defaults = {"optimizer": "sgd", "lr": 0.0035, "momentum": 0.9, "weight_decay": 5e-4,
+                      "epochs": 5, "batch_size": 4, "warmup_epochs": 1, "warmup": "constant",
+                      "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
+                      "backbone_mode": "train", "drop_last": True}
+    # domain generalisation / cross-dataset runs (paper Sec. 4.3-4.4) use the cross-dataset config
+    by_protocol = {"cross-domain": {"train.epochs": 2, "train.lr": 0.0026, "method.depth": 3}}
+    sources = {
+        "method.n_ctx": "muzairkhattak/multimodal-prompt-learning configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml N_CTX 2",
+        "method.ctx_init": "vit_b16_c2_ep5_batch4_2ctx.yaml CTX_INIT 'a photo of a'",
+        "method.depth": ("vit_b16_c2_ep5_batch4_2ctx.yaml PROMPT_DEPTH 9 (paper Sec. 4.1, J = 9); "
+                         "cross-domain: ..._cross_datasets.yaml PROMPT_DEPTH 3"),
+        "method.ref_layers": "medadapt: depth scaled from ViT-B's 12 blocks to the backbone's",
+        "method.position": "MaPLe prompts put the class token at the end",
+        **DASSL_SGD_SOURCES,
+        "train.lr": "vit_b16_c2_ep5_batch4_2ctx.yaml OPTIM.LR 0.0035 (cross-dataset: 0.0026)",
+        "train.epochs": ("vit_b16_c2_ep5_batch4_2ctx.yaml OPTIM.MAX_EPOCH 5 (few-shot and base-to-novel); "
+                         "cross-domain: vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml (2 epochs)"),
+        "train.batch_size": "vit_b16_c2_ep5_batch4_2ctx.yaml DATALOADER.TRAIN_X.BATCH_SIZE 4",
+        "train.backbone_mode": ("multimodal-prompt-learning trainers/maple.py: register_model("
+                                "'MultiModalPromptLearner', self.model, ...): the whole CLIP is set to train()"),
+        "data.augment_views": "unused: pixels through the backbone's train transform every step",
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)

@@ -13,13 +13,16 @@ tokens at layers 1..J-1, and independent visual tokens appended at layer 0 and r
 * Textual diversity (Sec. 3.2.3): the frozen text features ``g~`` are the mean over all templates
   of the data set's template set (the paper averages 60 ImageNet templates).
 * Gaussian-weighted prompt aggregation (GPA, Sec. 3.2.2, Eq. 6-7): the prompts of every epoch
-  are averaged with weights ``N(e; μ, σ²)``; the final model uses the aggregate. The paper's
-  base-to-novel schedule has 20 epochs with μ = 15, σ = 1; ``gpa_mean`` / ``gpa_std`` = null
-  scale these to ``train.epochs`` (μ = 0.75·E, σ = max(E/20, 0.5)). ``gpa: false`` disables it.
+  are averaged with weights ``N(e; μ, σ²)``; the final model uses the aggregate. Released
+  schedules: few-shot 50 epochs with μ = 30, σ = 30
+  (``configs/trainers/PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml``), base-to-novel 20
+  epochs with μ = 15, σ = 1 (``vit_b16_c2_ep20_batch4_4+4ctx.yaml``); ``gpa_mean`` / ``gpa_std``
+  = null scale them to ``train.epochs`` (μ = 0.75·E, σ = max(E/20, 0.5)). ``gpa: false``
+  disables it.
 
 Defaults: 4 text and 4 vision tokens, text context from "a photo of a", depth 9 of 12 for both
-towers (scaled to the backbone), SGD lr 0.0025, batch 4, 20 epochs, constant warm-up 1 epoch.
-Both towers are prompted: ``needs_images``.
+towers (scaled to the backbone), SGD lr 0.0025, batch 4, Dassl's per-epoch cosine with a constant
+warm-up epoch, the whole model in train mode. Both towers are prompted: ``needs_images``.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from medadapt.methods._prompt import (GaussianPromptAggregator, PromptLearner, T
                                       VisionDeepPrompts, clip_logits, frozen_text_features,
                                       kl_to_teacher, scaled_depth)
 from medadapt.methods.base import Batch, Method, register_method
+from medadapt.methods.coop import DASSL_SGD_SOURCES
 
 
 @register_method("promptsrc")
@@ -42,9 +46,39 @@ class PromptSRC(Method):
     defaults = {"n_ctx_text": 4, "n_ctx_vision": 4, "ctx_init": "a photo of a",
                 "depth_text": 9, "depth_vision": 9, "ref_layers": 12,
                 "text_loss_weight": 25.0, "image_loss_weight": 10.0, "kl_weight": 1.0,
-                "gpa": True, "gpa_mean": None, "gpa_std": None}
-    train_defaults = {"optimizer": "sgd", "lr": 0.0025, "epochs": 20, "batch_size": 4,
-                      "warmup_epochs": 1, "warmup": "constant", "warmup_lr": 1e-5}
+                "gpa": True, "gpa_mean": 30.0, "gpa_std": 30.0}
+    train_defaults = {"optimizer": "sgd", "lr": 0.0025, "momentum": 0.9, "weight_decay": 5e-4,
+                      "epochs": 50, "batch_size": 4, "warmup_epochs": 1, "warmup": "constant",
+                      "warmup_lr": 1e-5, "sched_unit": "epoch", "grad_clip": 0.0,
+                      "backbone_mode": "train", "drop_last": True}
+    by_protocol = {"base-to-novel": {"train.epochs": 20, "method.gpa_mean": 15.0, "method.gpa_std": 1.0},
+                   # domain generalisation uses the cross-dataset config (depth 3, GPA 6/10)
+                   "cross-domain": {"train.epochs": 20, "method.gpa_mean": 6.0, "method.gpa_std": 10.0,
+                                    "method.depth_text": 3, "method.depth_vision": 3}}
+    sources = {
+        "method.n_ctx_text": "muzairkhattak/PromptSRC configs/trainers/PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml N_CTX_TEXT 4",
+        "method.n_ctx_vision": "PromptSRC ..._few_shot.yaml N_CTX_VISION 4",
+        "method.ctx_init": "PromptSRC ..._few_shot.yaml CTX_INIT 'a photo of a'",
+        "method.depth_text": "PromptSRC ..._few_shot.yaml PROMPT_DEPTH_TEXT 9 (cross-domain: ..._cross_datasets.yaml 3)",
+        "method.depth_vision": "PromptSRC ..._few_shot.yaml PROMPT_DEPTH_VISION 9 (cross-domain: 3)",
+        "method.ref_layers": "medadapt: depths scaled from ViT-B's 12 blocks to the backbone's",
+        "method.text_loss_weight": "PromptSRC ..._few_shot.yaml TEXT_LOSS_WEIGHT 25",
+        "method.image_loss_weight": "PromptSRC ..._few_shot.yaml IMAGE_LOSS_WEIGHT 10",
+        "method.kl_weight": "PromptSRC trainers/promptsrc.py: KL term unweighted (1)",
+        "method.gpa": "PromptSRC paper Sec. 3.2.2 (GPA always on in the released trainer)",
+        "method.gpa_mean": ("PromptSRC ..._few_shot.yaml GPA_MEAN 30 (ImageNet/Caltech/Pets/Food/UCF/SUN; "
+                            "45 for the others); base-to-novel vit_b16_c2_ep20_batch4_4+4ctx.yaml GPA_MEAN 15; "
+                            "cross-domain vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml GPA_MEAN 6"),
+        "method.gpa_std": ("PromptSRC ..._few_shot.yaml GPA_STD 30 (5 for Cars/Flowers/Aircraft/DTD/EuroSAT); "
+                           "base-to-novel GPA_STD 1; cross-domain ..._cross_datasets.yaml GPA_STD 10"),
+        **DASSL_SGD_SOURCES,
+        "train.lr": "PromptSRC ..._few_shot.yaml OPTIM.LR 0.0025",
+        "train.epochs": ("PromptSRC ..._few_shot.yaml MAX_EPOCH 50; base-to-novel and cross-domain: "
+                         "vit_b16_c2_ep20_batch4_4+4ctx(_cross_datasets).yaml MAX_EPOCH 20"),
+        "train.batch_size": "PromptSRC ..._few_shot.yaml DATALOADER.TRAIN_X.BATCH_SIZE 4",
+        "train.backbone_mode": "PromptSRC trainers/promptsrc.py: register_model('VLPromptLearner', self.model, ...)",
+        "data.augment_views": "unused: pixels through the backbone's train transform every step",
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)
@@ -88,7 +122,7 @@ class PromptSRC(Method):
     def fit(self, train, val, engine) -> dict:
         c, e = self.cfg, engine.cfg
         epochs = int(e["epochs"])
-        self._spe = max(1, math.ceil(len(train) / e["batch_size"]))
+        self._spe = engine.steps_per_epoch(len(train))
         self._step = 0
         if c["gpa"] and epochs > 0:
             mean = c["gpa_mean"] if c["gpa_mean"] is not None else 0.75 * epochs

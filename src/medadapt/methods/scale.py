@@ -232,8 +232,26 @@ class SCALE(Method):
                 "missing_concepts": "error",  # error | class-only
                 "top_k": 3}
     train_defaults = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 1e-4, "epochs": 150,
-                      "batch_size": 32, "warmup_epochs": 0}
+                      "batch_size": 32, "warmup_epochs": 0, "sched_unit": "step",
+                      "drop_last": False}
+    data_defaults = {"augment_views": 0}  # the paper trains on the frozen features as they are
     learned_buffers = ("hierarchy_json",)
+    sources = {
+        "method.lambdas": "SCALE paper Eq. 3 (l1..l4 = 1)",
+        "method.tau": "SupCon temperature 0.07 (Khosla et al. 2020 default; not stated in the SCALE paper)",
+        "method.alpha": "SCALE paper Sec. 2.1: CLIP-Adapter residual ratio, initial 0.2, learnable",
+        "method.learn_alpha": "SCALE paper Sec. 2.1 (learnable alpha)",
+        "method.reduction_factor": "CLIP-Adapter bottleneck 1/4 (Gao et al.)",
+        "train.optimizer": "not stated in the paper: AdamW (medadapt's choice)",
+        "train.lr": "SCALE paper Sec. 2.3: learning rate 0.001",
+        "train.weight_decay": "not stated in the paper: 1e-4 (medadapt's choice)",
+        "train.epochs": "SCALE paper Sec. 2.3: 150 epochs",
+        "train.batch_size": "SCALE paper Sec. 2.3: 'adapted according to the data set size'; 32 here",
+        "train.sched_unit": "not stated in the paper: per-step cosine (medadapt's previous behaviour)",
+        "train.grad_clip": "no clipping mentioned in the paper",
+        "train.drop_last": "not stated in the paper: every image used each epoch (medadapt's previous behaviour)",
+        "data.augment_views": "SCALE paper Sec. 2.3: 'No augmentations were used for finetuning in the first use case'",
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)

@@ -10,15 +10,22 @@ Cache model from the few-shot training set: keys ``F_train`` (L2-normalised imag
 with ``W_c`` the frozen class text features and ``logit_scale`` CLIP's (100 for CLIP; the
 backbone's own value here, as every method in medadapt uses).
 
+The cache keys are the mean of the raw features of ``data.augment_views`` = 10 augmented views
+of each training image, normalised (released ``augment_epoch: 10``; the views come from the
+backbone's train transform, random resized crop 0.08-1 + flip, where the reference crops 0.5-1).
+
 ``tip-adapter`` is training-free. ``tip-adapter-f`` turns the keys into learnable parameters
 (initialised with the cache, values stay fixed) and fine-tunes them with cross-entropy at the
-initial alpha / beta (AdamW, lr 0.001, 20 epochs, batch 256 as in the released configs).
+initial alpha / beta on a fresh augmented view per epoch (AdamW, lr 0.001, eps 1e-4, cosine
+stepped per iteration over 20 epochs, batch 256, as in the released ``main.py`` / configs).
 
 Both search alpha and beta afterwards on the few-shot **validation** split only (never test):
 the released code's grid ``beta in 0.1 + i (s_beta - 0.1) / n_beta``, ``alpha in 0.1 + j
-(s_alpha - 0.1) / n_alpha`` with ``search_scale = [7, 3]``, ``search_step = [200, 20]``
-(ImageNet config; ``init_beta 1``, ``init_alpha 1.17``). Without a validation split the initial
-values are kept. Ties keep the first grid point (smallest beta, then smallest alpha).
+(s_alpha - 0.1) / n_alpha``. Defaults follow BiomedCoOp's medical Tip-Adapter config
+(``configs/trainers/TiP_Adapter/few_shot.yaml``: ``search_scale [50, 50]``, ``search_step
+[200, 200]``, ``init_beta 1``, ``init_alpha 1``), wider than Tip-Adapter's ImageNet grid
+(``[7, 3]``, ``[200, 20]``, ``init_alpha 1.17``). Without a validation split the initial values
+are kept. Ties keep the first grid point (smallest beta, then smallest alpha).
 """
 from __future__ import annotations
 
@@ -61,14 +68,31 @@ def search_alpha_beta(f: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
     return best[1], best[2], best[0]
 
 
+# BiomedCoOp's medical Tip-Adapter config; read from a public fork of BiomedCoOp
+# (tongdiedie/BiomedAP), the upstream file is not in the searchable copy.
+_BIOMED_TIP = "HealthX-Lab/BiomedCoOp configs/trainers/TiP_Adapter/few_shot.yaml"
+
+
 @register_method("tip-adapter")
 class TipAdapter(Method):
     paper = "Zhang et al., Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification, ECCV 2022"
     trainable = False
     supports_novel = False  # the cache values are one-hot over the training classes
-    defaults = {"init_alpha": 1.17, "init_beta": 1.0, "search": True,
-                "search_scale": [7.0, 3.0], "search_step": [200, 20], "text_mode": "template"}
+    defaults = {"init_alpha": 1.0, "init_beta": 1.0, "search": True,
+                "search_scale": [50.0, 50.0], "search_step": [200, 200], "text_mode": "template"}
+    data_defaults = {"augment_views": 10}
     learned_buffers = ("cache_keys", "cache_values", "alpha_beta")
+    sources = {
+        "method.init_alpha": (f"{_BIOMED_TIP} init_alpha 1 (Tip-Adapter's ImageNet config: 1.17)"),
+        "method.init_beta": f"{_BIOMED_TIP} init_beta 1 (Tip-Adapter configs/imagenet.yaml: 1)",
+        "method.search": f"{_BIOMED_TIP} search_hp True (on the validation split only)",
+        "method.search_scale": (f"{_BIOMED_TIP} search_scale [50, 50] (Tip-Adapter configs/imagenet.yaml: "
+                                "[7, 3])"),
+        "method.search_step": f"{_BIOMED_TIP} search_step [200, 200] (Tip-Adapter imagenet.yaml: [200, 20])",
+        "method.text_mode": "Tip-Adapter main.py clip_classifier: one template per class here (reference: the data set's template ensemble)",
+        "data.augment_views": ("Tip-Adapter configs/*.yaml augment_epoch 10 (cache = mean over 10 augmented "
+                               "views); deviation from BiomedCoOp's few_shot.yaml augment_epoch 1"),
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)
@@ -87,9 +111,10 @@ class TipAdapter(Method):
         if train.features is None or len(train) == 0:
             raise UserError(f"{self.name}: no training images for the cache")
         keys = F.normalize(train.features.float(), dim=-1)
-        if train.views is not None and len(train.views):  # Tip-Adapter averages augmented views
-            keys = F.normalize(torch.cat([train.features[None].float(), train.views.float()]).mean(0),
-                               dim=-1)
+        if train.views is not None and len(train.views):
+            # Tip-Adapter's build_cache_model: mean of the raw features of the augmented views
+            # (augment_epoch of them, the un-augmented image is not among them), then normalise
+            keys = F.normalize(train.views.float().mean(0), dim=-1)
         values = F.one_hot(train.labels, len(self.texts.classnames)).float()
         dev = self.text_features.device
         self.cache_keys, self.cache_values = keys.to(dev), values.to(dev)
@@ -136,8 +161,25 @@ class TipAdapterF(TipAdapter):
              "Classification, ECCV 2022 (Tip-Adapter-F)")
     trainable = True
     learned_buffers = ("cache_values", "alpha_beta")
-    train_defaults = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 20,
-                      "batch_size": 256, "warmup_epochs": 0, "grad_clip": 0.0}
+    train_defaults = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "eps": 1e-4,
+                      "epochs": 20, "batch_size": 256, "warmup_epochs": 0, "grad_clip": 0.0,
+                      "sched_unit": "step", "backbone_mode": "eval", "drop_last": False}
+    sources = {
+        **TipAdapter.sources,
+        "train.optimizer": "Tip-Adapter main.py: torch.optim.AdamW(adapter.parameters(), lr=cfg['lr'], eps=1e-4)",
+        "train.eps": "Tip-Adapter main.py AdamW eps=1e-4 (BiomedCoOp trainers/tip_adapter_biomedclip.py too)",
+        "train.weight_decay": "torch AdamW default weight_decay 0.01 (not set in main.py)",
+        "train.lr": "Tip-Adapter configs/*.yaml lr 0.001",
+        "train.epochs": "Tip-Adapter configs/*.yaml train_epoch 20",
+        "train.batch_size": "Tip-Adapter main.py train_loader_F batch_size=256",
+        "train.warmup_epochs": "Tip-Adapter main.py: no warm-up",
+        "train.sched_unit": ("Tip-Adapter main.py: CosineAnnealingLR(optimizer, train_epoch * len(train_loader_F)) "
+                             "stepped every iteration"),
+        "train.grad_clip": "Tip-Adapter main.py: no clipping",
+        "train.backbone_mode": "Tip-Adapter: CLIP in eval mode (features only)",
+        "train.drop_last": ("Tip-Adapter datasets/utils.py build_data_loader(drop_last=False) (that file is "
+                            "not in the searchable copy; unverified here)"),
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)

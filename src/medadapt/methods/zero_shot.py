@@ -15,7 +15,12 @@ class ZeroShot(Method):
     paper = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
     trainable = False
     defaults = {"mode": "template"}  # template | ensemble | descriptions
+    data_defaults = {"augment_views": 0}  # nothing is trained
     learned_buffers = ("text_features",)
+    sources = {
+        "method.mode": ("CLIP paper Sec. 3.1.4: one prompt per class (template); 'ensemble' is its "
+                        "prompt ensembling; CoOp scripts/coop/zeroshot.sh uses one template per data set"),
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)
