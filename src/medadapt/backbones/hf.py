@@ -8,24 +8,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torchvision import transforms as T
-
 from medadapt.backbones.base import Backbone
+from medadapt.backbones.transforms import transform_from_image_processor
 from medadapt.errors import UserError
 
 
 def transforms_from_image_processor(ip, train: bool = False):
-    """torchvision equivalent of ``CLIPImageProcessor`` (resize shortest edge, center crop,
-    normalise); the train variant uses a random resized crop and flip, as CoOp does."""
-    size = ip.size.get("shortest_edge") or ip.size.get("height") or 224
-    crop = ip.crop_size.get("height", size) if getattr(ip, "crop_size", None) else size
-    norm = T.Normalize(ip.image_mean, ip.image_std)
-    if train:
-        return T.Compose([T.RandomResizedCrop(crop, scale=(0.5, 1.0),
-                                              interpolation=T.InterpolationMode.BICUBIC),
-                          T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-                      T.CenterCrop(crop), T.ToTensor(), norm])
+    """Eval: the file's own steps (:func:`transform_from_image_processor`); train: the one
+    augmentation policy of :mod:`medadapt.backbones.transforms`."""
+    return transform_from_image_processor(ip, train=train)
 
 
 class HFCLIPBackbone(Backbone):
@@ -62,6 +53,12 @@ class HFCLIPBackbone(Backbone):
         if eos == 2:  # legacy configs: the end token has the highest id (transformers does this)
             return ids.argmax(-1)
         return (ids == eos).int().argmax(-1)
+
+    def pooled_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.eos_positions(ids)  # CLIPTextTransformer pools the end-of-text token
+
+    def vision_input_module(self) -> nn.Module:
+        return self.model.vision_model.pre_layrnorm
 
     def text_blocks(self) -> list[nn.Module]:
         return list(self.model.text_model.encoder.layers)
