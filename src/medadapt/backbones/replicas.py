@@ -45,7 +45,7 @@ def _hf_clip(folder: Path, patch: int, seed: int, bin_weights: bool) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = write_clip_bpe_tokenizer(folder, max_length=77)
+    _clip_tokenizer_into(folder)
     # the published configs of these checkpoints predate transformers' eos fix: text eos id 2
     cfg = CLIPConfig(
         text_config=dict(vocab_size=49408, hidden_size=WIDTH, intermediate_size=4 * WIDTH,
@@ -69,8 +69,23 @@ def _hf_clip(folder: Path, patch: int, seed: int, bin_weights: bool) -> Path:
         "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
         "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": IMAGE_MEAN,
         "image_std": IMAGE_STD, "resample": 3, "size": 224}, indent=2))
-    assert tok.eos_token == "<|endoftext|>"
     return folder
+
+
+def _clip_tokenizer_into(folder: Path) -> None:
+    """CLIP's BPE tokenizer files (built once per cache from open_clip's merges, then copied)."""
+    from medadapt.data.sources import cache_home
+    src = cache_home() / "tiny" / "clip-bpe-tokenizer"
+    if not (src / ".complete").is_file():
+        tmp = src.with_name(src.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_clip_bpe_tokenizer(tmp, max_length=77)
+        (tmp / ".complete").write_text("ok")
+        shutil.rmtree(src, ignore_errors=True)
+        tmp.rename(src)
+    for f in src.iterdir():
+        if not f.name.startswith("."):
+            shutil.copy(f, folder / f.name)
 
 
 def plip(folder: Path, seed: int = 0) -> Path:
