@@ -319,3 +319,16 @@ def test_layer0_visual_prompts_enter_before_the_pre_norm(alias, world, network_o
     has_norm = not isinstance(bb.vision_input_module(), torch.nn.Identity)
     assert has_norm == (alias in ("quiltnet-b32", "plip"))
     assert torch.allclose(post, ref, atol=1e-5) != has_norm
+
+
+def test_backbones_listing_says_which_weights_are_here(world, network_off, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from medadapt.cli import main
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(world["hub"]))
+    assert main(["backbones"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+            if line and not line.startswith(" ")}
+    for alias in ALIASES:
+        assert "cached (" in rows[alias], rows[alias]
+    assert rows["clip-vit-b16"].rstrip().endswith("missing")
