@@ -172,7 +172,8 @@ _CONCH_SPECIALS = ["<pad>", "<start_of_text>", "<end_of_text>", "<|person|>", "<
                    "<|specimen_id|>", "<|date|>"]
 _CORPUS = ("an h&e image of tumor tissue. a histopathology image of lymphocytes, adipose tissue, "
            "stroma, mucus, debris, normal colon mucosa, colorectal adenocarcinoma epithelium, "
-           "smooth muscle, background. invasive carcinoma with necrosis; benign glands.")
+           "smooth muscle, background. invasive carcinoma with necrosis; benign glands. x x x x-ray "
+           "x 10 x 40, x")
 
 
 def write_conch_tokenizer(path: Path) -> None:
