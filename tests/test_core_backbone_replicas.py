@@ -156,6 +156,9 @@ def test_alias_and_folder_load_offline_and_run_methods(alias, world, by_alias, n
     ids = bb.tokenize(TEXTS)
     assert ids[0, int(bb.eos_positions(ids)[0])] == end
     assert ids[0, -1] == pad
+    from torchvision import transforms as T  # the one train policy, at the model's size
+    rrc = [t for t in bb.train_preprocess.transforms if isinstance(t, T.RandomResizedCrop)][0]
+    assert rrc.scale == (0.08, 1.0) and tuple(rrc.size) == (size, size)
 
 
 def test_pooled_positions_are_what_each_family_pools(world, network_off):

@@ -159,3 +159,43 @@ def test_local_folder_spec_detects_family():
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(UserError, match="valid: .*plip"):
         load_backbone("plipp")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(size=224, crop_size=224, resample=3),  # legacy CLIPFeatureExtractor file (PLIP)
+    dict(size={"height": 200, "width": 240}, do_center_crop=False, resample=2),
+    dict(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 192}, resample=2),
+])
+def test_hf_image_transform_follows_preprocessor_config(kw, tmp_path):
+    """resample, exact height/width resize, do_center_crop and crop size come from the file;
+    pixels equal the processor's to within one 8-bit grey level (its resize backend differs)."""
+    from transformers import AutoImageProcessor, CLIPImageProcessor
+
+    from medadapt.backbones.transforms import transform_from_image_processor
+    cfg = dict(kw, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.3, 0.25],
+               image_processor_type="CLIPImageProcessor")
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
+    ip = AutoImageProcessor.from_pretrained(tmp_path)
+    img = _img(3, size=(300, 411))
+    ref = torch.as_tensor(np.array(ip(img, return_tensors="np")["pixel_values"][0]))
+    got = transform_from_image_processor(ip)(img)
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) <= 1.05 / 255 / 0.2
+    train = transform_from_image_processor(ip, train=True)
+    assert train(img).shape == ref.shape
+    assert isinstance(CLIPImageProcessor, type)
+
+
+def test_one_train_augmentation_policy(bb):
+    """RandomResizedCrop(scale 0.08-1, the model's interpolation) + flip + the eval normalisation."""
+    from torchvision import transforms as T
+    steps = bb.train_preprocess.transforms
+    rrc = [t for t in steps if isinstance(t, T.RandomResizedCrop)]
+    assert len(rrc) == 1 and rrc[0].scale == (0.08, 1.0)
+    assert rrc[0].interpolation == T.InterpolationMode.BICUBIC
+    assert tuple(rrc[0].size) == (bb.image_size, bb.image_size)
+    assert any(isinstance(t, T.RandomHorizontalFlip) for t in steps)
+    norm = [t for t in steps if isinstance(t, T.Normalize)][0]
+    eval_norm = [t for t in bb.preprocess.transforms if isinstance(t, T.Normalize)][0]
+    assert list(norm.mean) == list(eval_norm.mean) and list(norm.std) == list(eval_norm.std)
+    assert bb.train_preprocess(_img()).shape == (3, bb.image_size, bb.image_size)

@@ -49,8 +49,8 @@ def transform_from_image_processor(ip, train: bool = False) -> T.Compose:
     ``resample``, ``do_resize`` with ``shortest_edge`` (aspect kept) or ``height``/``width``
     (exact), ``do_center_crop`` with ``crop_size``, ``do_normalize`` with mean/std."""
     interp = interpolation(getattr(ip, "resample", 3))
-    size = dict(getattr(ip, "size", None) or {})
-    crop = dict(getattr(ip, "crop_size", None) or {})
+    size = {k: v for k, v in dict(getattr(ip, "size", None) or {}).items() if v is not None}
+    crop = {k: v for k, v in dict(getattr(ip, "crop_size", None) or {}).items() if v is not None}
     do_crop = bool(getattr(ip, "do_center_crop", True)) and bool(crop)
     if "shortest_edge" in size:
         resize, out = int(size["shortest_edge"]), int(size["shortest_edge"])

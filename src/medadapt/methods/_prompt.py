@@ -83,7 +83,11 @@ class PromptLearner(nn.Module):
         self.classnames = list(classnames)
         ids = bb.tokenize([self._text(n) for n in classnames])
         ph = bb.tokenize([PLACEHOLDER])[0]
-        ph_id = int(ph[~bb.special_token_mask(ph[None])[0]][0])
+        ph_words = ph[~bb.special_token_mask(ph[None])[0]]
+        if len(ph_words) != 1:
+            raise ValueError(f"the placeholder {PLACEHOLDER!r} is {len(ph_words)} tokens for this "
+                             "tokenizer; context positions would be wrong")
+        ph_id = int(ph_words[0])
         pos = []
         for row in ids:
             hits = (row == ph_id).nonzero().flatten().tolist()
