@@ -271,7 +271,8 @@ def test_missing_hub_files_offline_name_the_repository(tmp_path, network_off, mo
     from medadapt.backbones import hub
     from medadapt.errors import UserError
     monkeypatch.setattr(hub, "cached_snapshot", lambda *a, **k: None)
-    for alias, repo in (("biomedclip", "BiomedCLIP-PubMedBERT"), ("conch", "MahmoodLab/conch")):
+    for alias, repo in (("biomedclip", "BiomedCLIP-PubMedBERT"), ("conch", "MahmoodLab/conch"),
+                        ("plip", "vinid/plip"), ("quiltnet-b16", "wisdomik/QuiltNet-B-16")):
         with pytest.raises(UserError, match=repo):
             load_backbone(alias)
 

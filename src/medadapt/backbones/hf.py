@@ -86,10 +86,31 @@ def load_hf_clip(source: str, name: str | None = None, device: str = "cpu",
 
     hf_logging.disable_progress_bar()  # medadapt shows its own progress; no per-load bars
 
+    import os
+
+    from medadapt.backbones import hub
+    if not os.path.isdir(source) and source.count("/") == 1 and cache_dir is None:
+        # a hub id: its cached snapshot first (no network call when the files are here)
+        snap = hub.cached_snapshot(source)
+        if snap is not None and (snap / "config.json").is_file() and hub.has_file(
+                snap, ["model.safetensors", "pytorch_model.bin"]):
+            source_dir = str(snap)
+        elif hub.offline():
+            raise UserError(
+                f"{name or source}: config.json + weights (model.safetensors or pytorch_model.bin) + "
+                f"tokenizer and preprocessor files of https://huggingface.co/{source} are not in "
+                "the Hugging Face cache and the network is off (HF_HUB_OFFLINE=1); download them on "
+                f"a connected machine (`hf download {source}`) or put them in a folder and pass "
+                "--backbone FOLDER")
+        else:
+            source_dir = source
+    else:
+        source_dir = source
+
     try:
-        model = CLIPModel.from_pretrained(source, cache_dir=cache_dir)
-        tok = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir)
-        ip = AutoImageProcessor.from_pretrained(source, cache_dir=cache_dir)
+        model = CLIPModel.from_pretrained(source_dir, cache_dir=cache_dir)
+        tok = AutoTokenizer.from_pretrained(source_dir, cache_dir=cache_dir)
+        ip = AutoImageProcessor.from_pretrained(source_dir, cache_dir=cache_dir)
     except Exception as e:
         raise UserError(
             f"cannot load Hugging Face CLIP model {source!r} ({type(e).__name__}: "
