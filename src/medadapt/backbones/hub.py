@@ -25,9 +25,10 @@ def offline() -> bool:
 
 def cached_snapshot(repo_id: str, cache_dir: str | None = None) -> Path | None:
     """The cached snapshot folder of ``repo_id`` (``refs/main``), or None; never uses the network."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     try:
-        return Path(snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=True))
+        return Path(snapshot_download(repo_id, cache_dir=cache_dir or constants.HF_HUB_CACHE,
+                                      local_files_only=True))
     except Exception:
         return None
 

@@ -55,8 +55,12 @@ def write_wordpiece_tokenizer(folder: Path, words: list[str] | None = None, max_
         if w not in vocab:
             vocab.append(w)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True,
-                            model_max_length=max_length)
+    try:  # transformers 5
+        tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True,
+                                model_max_length=max_length)
+    except TypeError:  # transformers 4: from the vocab file
+        tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True,
+                                model_max_length=max_length)
     tok.save_pretrained(folder)
     return tok
 
@@ -77,8 +81,12 @@ def write_clip_bpe_tokenizer(folder: Path, max_length: int = 77):
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    tok = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
-                        model_max_length=max_length, pad_token="<|endoftext|>")
+    files = {"vocab": str(folder / "vocab.json"), "merges": str(folder / "merges.txt")}
+    try:  # transformers 5
+        tok = CLIPTokenizer(**files, model_max_length=max_length, pad_token="<|endoftext|>")
+    except TypeError:  # transformers 4: vocab_file / merges_file
+        tok = CLIPTokenizer(vocab_file=files["vocab"], merges_file=files["merges"],
+                            model_max_length=max_length, pad_token="<|endoftext|>")
     tok.save_pretrained(folder)
     return tok
 
