@@ -1,18 +1,14 @@
 """Backbone interface: both families, the real on-disk formats, the hub-id path, and the
 identity between medadapt's embeddings and the raw library calls."""
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from medadapt.backbones import BACKBONES, load_backbone, tiny_dir
+from medadapt.backbones import load_backbone, tiny_dir
 from medadapt.backbones.openclip import text_config_folder
 from medadapt.backbones.tiny import BIOMEDBERT, text_tower_configs
 from medadapt.errors import UserError
