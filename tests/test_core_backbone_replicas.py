@@ -336,3 +336,59 @@ def test_backbones_listing_says_which_weights_are_here(world, network_off, monke
     for alias in ALIASES:
         assert "cached (" in rows[alias], rows[alias]
     assert rows["clip-vit-b16"].rstrip().endswith("missing")
+
+
+PROMPT_METHODS = ["coop", "cocoop", "kgcoop", "prograd", "maple", "promptsrc", "coprompt",
+                  "biomedcoop", "biomed-dpt", "pathoprompt"]
+
+
+@pytest.fixture(scope="module")
+def conch_bb(world):
+    return load_backbone(str(world["folders"]["conch"]))
+
+
+@pytest.mark.parametrize("method", PROMPT_METHODS)
+def test_every_prompt_method_trains_on_conch(method, conch_bb):
+    """CONCH's sequence-first text tower, dropped last slot and appended CLS under every prompt
+    method: a loss, gradients into the method's own parameters only, finite logits."""
+    from medadapt.data.texts import TEMPLATES, ClassTexts
+    from medadapt.methods import Batch, get_method
+    bb = conch_bb
+    desc = {"adipose": ["large empty fat vacuoles", "pale white tissue"],
+            "tumor": ["irregular crowded glands", "dark pleomorphic nuclei"]}
+    texts = ClassTexts(["adipose", "tumor"], TEMPLATES["histopathology"], desc)
+    px, y = pixels(bb, 2, 5), torch.tensor([0, 1])
+    torch.manual_seed(0)
+    cls = get_method(method)
+    m = cls(bb, texts, {})
+    with torch.no_grad():
+        feats = bb.encode_image(px, normalize=False)
+    batch = Batch(labels=y, images=px if cls.needs_images else None,
+                  features=None if cls.needs_images else feats, index=torch.arange(2))
+    m.train()
+    loss, _ = m.loss(batch)
+    loss.backward()
+    own = [p for p in m.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in own)
+    assert all(p.grad is None for p in bb.parameters())
+    m.eval()
+    with torch.no_grad():
+        assert torch.isfinite(m(batch)).all()
+
+
+def test_quickgelu_variants(world, network_off):
+    import open_clip
+
+    from medadapt.backbones.openclip import load_open_clip
+    assert BACKBONES.get("clip-vit-b32").source == "ViT-B-32-quickgelu@openai"
+    assert open_clip.get_pretrained_cfg("ViT-B-32-quickgelu", "openai").get("quick_gelu")
+    for alias in ("quiltnet-b32", "quiltnet-b16"):
+        assert BACKBONES.get(alias).quick_gelu is None
+        assert BACKBONES.get(alias + "-quickgelu").quick_gelu is True
+        assert BACKBONES.get(alias + "-quickgelu").source == BACKBONES.get(alias).source
+    folder = "local-dir:" + str(world["folders"]["quiltnet-b32"])
+    plain, quick = load_open_clip(folder), load_open_clip(folder, quick_gelu=True)
+    act = lambda bb: type(bb.model.visual.transformer.resblocks[0].mlp.gelu).__name__  # noqa: E731
+    assert (act(plain), act(quick)) == ("GELU", "QuickGELU")
+    x = pixels(plain)
+    assert not torch.allclose(plain.encode_image(x), quick.encode_image(x), atol=1e-5)
