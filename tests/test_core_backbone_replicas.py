@@ -392,3 +392,33 @@ def test_quickgelu_variants(world, network_off):
     assert (act(plain), act(quick)) == ("GELU", "QuickGELU")
     x = pixels(plain)
     assert not torch.allclose(plain.encode_image(x), quick.encode_image(x), atol=1e-5)
+
+
+def test_biomedclip_tokenizer_from_its_text_repo_in_the_cache(tmp_path, world, network_off,
+                                                              monkeypatch):
+    """A cache filled by open_clip itself holds BiomedCLIP's config + weights, and the tokenizer
+    under the BiomedBERT repository (fetched by id): that works offline too; without it, one line."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from medadapt.errors import UserError
+    src = world["folders"]["biomedclip"]
+    model_only = tmp_path / "model"
+    model_only.mkdir()
+    for f in ("open_clip_config.json", "open_clip_pytorch_model.bin"):
+        shutil.copy(src / f, model_only / f)
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(UserError, match="tokenizer files are missing"):
+        load_backbone(str(model_only))
+    tok_only = tmp_path / "tok"
+    tok_only.mkdir()
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            shutil.copy(f, tok_only / f.name)
+    replicas.hub_cache_layout(cache, BIOMEDBERT, tok_only)
+    bb = load_backbone(str(model_only))
+    ref = load_backbone(str(src))
+    assert torch.equal(bb.tokenize(TEXTS), ref.tokenize(TEXTS))
+    assert torch.allclose(bb.encode_texts(TEXTS), ref.encode_texts(TEXTS), atol=1e-6)

@@ -234,15 +234,28 @@ def _load_dir(folder, name: str, source: str, device: str, quick_gelu: bool | No
         if local is not None:
             # the checkpoint holds the text weights: no pretrained download of the tower
             kwargs["text_cfg"] = dict(text_cfg, hf_model_name=local, hf_model_pretrained=False)
-        if text_cfg.get("hf_tokenizer_name") and not hub.has_file(
-                folder, ["tokenizer.json", "vocab.txt", "vocab.json"]):
+    tok_source = None  # None: open_clip's own choice for the folder
+    tok_name = text_cfg.get("hf_tokenizer_name")
+    if tok_name and not hub.has_file(folder, ["tokenizer.json", "vocab.txt", "vocab.json"]):
+        # e.g. a cache filled by open_clip itself, which fetched the tokenizer by id
+        snap = hub.cached_snapshot(tok_name) if not Path(tok_name).is_dir() else Path(tok_name)
+        if hub.has_file(snap, ["tokenizer.json", "vocab.txt", "vocab.json"]):
+            tok_source = str(snap)
+        elif hub.offline():
             raise UserError(f"{folder}: the text tokenizer files are missing (tokenizer.json, "
                             "tokenizer_config.json, vocab.txt, special_tokens_map.json from the "
-                            "model's repository)")
+                            f"model's repository, or the repository {tok_name})")
+        else:
+            tok_source = tok_name
     try:
         model, _, pre_val = open_clip.create_model_and_transforms(
             "local-dir:" + str(folder), device=device, force_quick_gelu=bool(quick_gelu), **kwargs)
-        tokenizer = open_clip.get_tokenizer("local-dir:" + str(folder))
+        if tok_source is None:
+            tokenizer = open_clip.get_tokenizer("local-dir:" + str(folder))
+        else:
+            from open_clip.tokenizer import HFTokenizer
+            tokenizer = HFTokenizer(tok_source, context_length=int(text_cfg.get("context_length", 77)),
+                                    **text_cfg.get("tokenizer_kwargs", {}))
     except UserError:
         raise
     except Exception as e:
