@@ -1,18 +1,16 @@
 """Backbone interface: both families, the real on-disk formats, the hub-id path, and the
 identity between medadapt's embeddings and the raw library calls."""
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from medadapt.backbones import BACKBONES, load_backbone, tiny_dir
+from medadapt.backbones import load_backbone, tiny_dir
+from medadapt.backbones.openclip import text_config_folder
+from medadapt.backbones.tiny import BIOMEDBERT, text_tower_configs
 from medadapt.errors import UserError
 
 TINY = ["tiny-hf-clip", "tiny-open-clip", "tiny-open-clip-bpe"]
@@ -118,7 +116,13 @@ def test_raw_library_calls_match():
     for name in ("tiny-open-clip", "tiny-open-clip-bpe"):
         oc = load_backbone(name)
         spec = "local-dir:" + str(tiny_dir(name))
-        model, _, pre = open_clip.create_model_and_transforms(spec)
+        cfg = json.loads((tiny_dir(name) / "open_clip_config.json").read_text())["model_cfg"]
+        kw = {}
+        if "hf_model_name" in cfg["text_cfg"]:  # the real id; its config is carried by medadapt
+            assert cfg["text_cfg"]["hf_model_name"] == BIOMEDBERT
+            kw["text_cfg"] = dict(cfg["text_cfg"], hf_model_pretrained=False, hf_model_name=
+                                  text_config_folder(BIOMEDBERT, text_tower_configs(tiny_dir(name))))
+        model, _, pre = open_clip.create_model_and_transforms(spec, **kw)
         model.eval()
         tk = open_clip.get_tokenizer(spec)
         x = pre(_img()).unsqueeze(0)
@@ -128,56 +132,8 @@ def test_raw_library_calls_match():
             assert torch.allclose(oc.encode_image(x, normalize=False), model.encode_image(x), atol=1e-5)
 
 
-HUB_SCRIPT = textwrap.dedent("""
-    import json, sys, torch
-    from medadapt.backbones import load_backbone
-    out = {}
-    for alias in ("plip", "biomedclip"):
-        bb = load_backbone(alias)
-        t = bb.encode_text(bb.tokenize(["a photo of debris."]), normalize=False)
-        out[alias] = {"family": bb.family, "ctx": bb.context_length, "t": t[0, :4].tolist()}
-    print(json.dumps(out))
-""")
-
-
-def _fake_hub_repo(cache, repo_id, src_folder, rename=None):
-    """Lay a folder out as the Hugging Face cache does for a downloaded repo."""
-    base = cache / ("models--" + repo_id.replace("/", "--"))
-    snap = base / "snapshots" / ("0" * 40)
-    snap.mkdir(parents=True)
-    (base / "refs").mkdir()
-    (base / "refs" / "main").write_text("0" * 40)
-    for f in src_folder.iterdir():
-        if f.is_file() and not f.name.startswith("."):
-            shutil.copy(f, snap / (rename or {}).get(f.name, f.name))
-    return snap
-
-
-def test_hub_ids_load_from_hf_cache_offline(tmp_path):
-    """`plip` and `biomedclip` resolve their real hub ids through huggingface_hub's cache
-    (HF_HUB_OFFLINE=1), i.e. the exact code path of a user's download."""
-    load_backbone("tiny-hf-clip"), load_backbone("tiny-open-clip")
-    cache = tmp_path / "hub"
-    _fake_hub_repo(cache, BACKBONES.get("plip").source, tiny_dir("tiny-hf-clip"))
-    oc_repo = BACKBONES.get("biomedclip").source.split(":", 1)[1]
-    snap = _fake_hub_repo(cache, oc_repo, tiny_dir("tiny-open-clip"))
-    bert_id = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
-    cfg = json.loads((snap / "open_clip_config.json").read_text())
-    cfg["model_cfg"]["text_cfg"]["hf_model_name"] = bert_id
-    cfg["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = bert_id
-    (snap / "open_clip_config.json").write_text(json.dumps(cfg))
-    _fake_hub_repo(cache, bert_id, tiny_dir("tiny-open-clip"))
-    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-c", HUB_SCRIPT], env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["plip"]["family"] == "hf_clip" and out["biomedclip"]["family"] == "open_clip"
-    ref_hf = load_backbone("tiny-hf-clip")
-    ref_oc = load_backbone("tiny-open-clip")
-    for alias, ref in (("plip", ref_hf), ("biomedclip", ref_oc)):
-        t = ref.encode_text(ref.tokenize(["a photo of debris."]), normalize=False)[0, :4]
-        assert np.allclose(out[alias]["t"], t.tolist(), atol=1e-5)
+# The hub-id routes (Hugging Face cache, HF_HUB_OFFLINE=1) of every registered medical backbone are
+# tested on published-config replicas in test_core_backbone_replicas.py.
 
 
 def test_failed_hub_download_says_how_to_use_local_weights(tmp_path, monkeypatch):
@@ -199,3 +155,43 @@ def test_local_folder_spec_detects_family():
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(UserError, match="valid: .*plip"):
         load_backbone("plipp")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(size=224, crop_size=224, resample=3),  # legacy CLIPFeatureExtractor file (PLIP)
+    dict(size={"height": 200, "width": 240}, do_center_crop=False, resample=2),
+    dict(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 192}, resample=2),
+])
+def test_hf_image_transform_follows_preprocessor_config(kw, tmp_path):
+    """resample, exact height/width resize, do_center_crop and crop size come from the file;
+    pixels equal the processor's to within one 8-bit grey level (its resize backend differs)."""
+    from transformers import AutoImageProcessor, CLIPImageProcessor
+
+    from medadapt.backbones.transforms import transform_from_image_processor
+    cfg = dict(kw, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.3, 0.25],
+               image_processor_type="CLIPImageProcessor")
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
+    ip = AutoImageProcessor.from_pretrained(tmp_path)
+    img = _img(3, size=(300, 411))
+    ref = torch.as_tensor(np.array(ip(img, return_tensors="np")["pixel_values"][0]))
+    got = transform_from_image_processor(ip)(img)
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) <= 1.05 / 255 / 0.2
+    train = transform_from_image_processor(ip, train=True)
+    assert train(img).shape == ref.shape
+    assert isinstance(CLIPImageProcessor, type)
+
+
+def test_one_train_augmentation_policy(bb):
+    """RandomResizedCrop(scale 0.08-1, the model's interpolation) + flip + the eval normalisation."""
+    from torchvision import transforms as T
+    steps = bb.train_preprocess.transforms
+    rrc = [t for t in steps if isinstance(t, T.RandomResizedCrop)]
+    assert len(rrc) == 1 and rrc[0].scale == (0.08, 1.0)
+    assert rrc[0].interpolation == T.InterpolationMode.BICUBIC
+    assert tuple(rrc[0].size) == (bb.image_size, bb.image_size)
+    assert any(isinstance(t, T.RandomHorizontalFlip) for t in steps)
+    norm = [t for t in steps if isinstance(t, T.Normalize)][0]
+    eval_norm = [t for t in bb.preprocess.transforms if isinstance(t, T.Normalize)][0]
+    assert list(norm.mean) == list(eval_norm.mean) and list(norm.std) == list(eval_norm.std)
+    assert bb.train_preprocess(_img()).shape == (3, bb.image_size, bb.image_size)

@@ -167,7 +167,12 @@ def test_vision_deep_prompts_append_then_replace(bb):
     L = plain_in[0].shape[1]
     assert seen[0].shape[1] == L + 2
     torch.testing.assert_close(seen[0][:, :L], plain_in[0])  # layer 0: patch tokens untouched
-    for i in range(n_layers):
+    # layer 0: appended before the pre-LayerNorm (MaPLe), so block 0 sees them normalised
+    # (the norm is per token); deeper layers: replaced verbatim
+    with torch.no_grad():
+        first = bb.vision_input_module()(vp.prompts[0].detach())
+    torch.testing.assert_close(seen[0][:, -2:], first.expand(2, -1, -1))
+    for i in range(1, n_layers):
         assert torch.equal(seen[i][:, -2:], vp.prompts[i].detach().expand(2, -1, -1))
     assert not torch.allclose(plain, prompted)
     # the shared helper gives the same hooks

@@ -44,11 +44,17 @@ class _Parser(argparse.ArgumentParser):
 
 def _list(kind: str) -> int:
     if kind == "backbones":
-        from medadapt.backbones import BACKBONES
-        print(f"{'name':20} {'family':10} {'image':>5} {'ctx':>4}  {'source':62} license / note")
+        from medadapt.backbones import BACKBONES, how_to_get, local_status
+        print(f"{'name':24} {'family':9} {'image':>5} {'ctx':>4}  {'source':62} weights here?")
         for name, s in BACKBONES.items():
-            print(f"{name:20} {s.family:10} {s.image_size:>5} {s.context_length:>4}  {s.source:62} "
-                  f"{s.license}; {s.note}")
+            print(f"{name:24} {s.family:9} {s.image_size:>5} {s.context_length:>4}  {s.source:62} "
+                  f"{local_status(s)}")
+            print(f"{'':24} {s.license}; {s.note}")
+            how = how_to_get(s)
+            if how:
+                print(f"{'':24} get: {how}")
+        print("\nalso: open_clip:SRC, hf:SRC, conch:SRC, or a model folder (--backbone DIR); "
+              "offline needs per model: docs/backbones.md")
     elif kind == "datasets":
         from medadapt.data.sources import DATASETS, _ensure_registered
         _ensure_registered()

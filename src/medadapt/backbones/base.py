@@ -10,6 +10,11 @@ Methods only ever talk to :class:`Backbone`. Two families implement it (open_cli
 * ``add_layer_hook(tower, layer, fn)`` registers a forward pre-hook on transformer block ``layer``
   of the text or vision tower; ``fn(hidden)`` gets and returns hidden states ``[B, L, D]``,
   whatever the library's own layout. Deep prompts (MaPLe, IVLP, Biomed-DPT) use it.
+  ``layer=INPUT`` ("input") is the vision token sequence *before* the tower's pre-LayerNorm
+  (open_clip ``ln_pre``, HF CLIP ``pre_layrnorm``, timm ``norm_pre``, an Identity in BiomedCLIP's
+  and CONCH's ViTs): MaPLe, PromptSRC and CoPrompt concatenate their layer-0 visual prompts there
+  (MaPLe ``trainers/maple.py`` / ``clip/model.py``: ``torch.cat([x, visual_ctx], 1)`` then
+  ``ln_pre``).
 * ``token_embedding`` is the library's embedding table.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 HiddenFn = Callable[[torch.Tensor], torch.Tensor]
+INPUT = "input"  # hook point: the vision tower's token sequence before its pre-LayerNorm
 
 
 @dataclass
@@ -31,13 +37,15 @@ class BackboneSpec:
     """A registered backbone: where its weights come from and what to know before downloading."""
 
     name: str
-    family: str  # "open_clip" | "hf_clip"
+    family: str  # "open_clip" | "hf_clip" | "conch"
     source: str  # hub id ("hf-hub:org/repo", "org/repo") or a builder key for test backbones
     image_size: int = 224
     context_length: int = 77
     license: str = ""
     note: str = ""
     builder: Callable[[], "Backbone"] | None = None  # for test/shipped backbones
+    quick_gelu: bool | None = None  # open_clip: force QuickGELU activations (OpenAI CLIP's)
+    files: str = ""  # what must be present offline (hub cache or a folder), for listings/docs
 
 
 class Backbone(nn.Module):
@@ -89,7 +97,20 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def eos_positions(self, ids: torch.Tensor) -> torch.Tensor:
-        """Index of the pooled (end-of-text) token per row."""
+        """Index of the end-of-text token per row (CLIP's EOT, BERT's [SEP], CONCH's
+        <end_of_text>); tokens after it are padding."""
+        raise NotImplementedError
+
+    def pooled_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Index (in ``ids``) of the token whose final hidden state the text tower pools into the
+        sentence feature: CLIP's EOT (argmax / eos id), BERT's [CLS] = 0 (BiomedCLIP's
+        ``cls_last_hidden_state_pooler``), CONCH's appended CLS = the last slot. Methods that
+        treat "the pooled token" apart use this, not :meth:`eos_positions`."""
+        return self.eos_positions(ids)
+
+    def vision_input_module(self) -> nn.Module:
+        """The vision tower's pre-LayerNorm (``ln_pre`` / ``pre_layrnorm`` / ``norm_pre``): its
+        input is the embedded token sequence [B, 1 + patches, D] (hook point :data:`INPUT`)."""
         raise NotImplementedError
 
     # --- shared API -----------------------------------------------------------------------------
@@ -120,7 +141,10 @@ class Backbone(nn.Module):
                 raise ValueError(f"embeddings {tuple(embeddings.shape)} do not match ids "
                                  f"{tuple(ids.shape)}")
             table = self.token_embedding
-            handle = table.register_forward_hook(lambda m, i, o: embeddings.to(o.dtype))
+            # a library may embed fewer tokens than ``ids`` holds (CONCH drops the last slot to
+            # make room for its CLS): the embeddings are laid over the same leading positions
+            handle = table.register_forward_hook(
+                lambda m, i, o: embeddings[:, :o.shape[1]].to(o.dtype))
             try:
                 x = self._encode_text(ids)
             finally:
@@ -146,8 +170,16 @@ class Backbone(nn.Module):
         """'bld' (batch first) or 'lbd' (sequence first) for the block inputs of a tower."""
         return "bld"
 
-    def add_layer_hook(self, tower: str, layer: int, fn: HiddenFn):
-        """Forward pre-hook on block ``layer`` of ``tower``: ``fn([B, L, D]) -> [B, L', D]``."""
+    def add_layer_hook(self, tower: str, layer: int | str, fn: HiddenFn):
+        """Forward pre-hook on block ``layer`` of ``tower``: ``fn([B, L, D]) -> [B, L', D]``.
+        ``layer=INPUT`` (vision only): before the pre-LayerNorm, see the module docstring."""
+        if layer == INPUT:
+            if tower != "vision":
+                raise ValueError("the 'input' hook point exists for the vision tower only")
+
+            def input_hook(module, args):
+                return (fn(args[0]), *args[1:])
+            return self.vision_input_module().register_forward_pre_hook(input_hook)
         block = self.blocks(tower)[layer]
         seq_first = self._hidden_layout(tower) == "lbd"
 

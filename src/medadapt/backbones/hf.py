@@ -8,24 +8,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torchvision import transforms as T
-
 from medadapt.backbones.base import Backbone
+from medadapt.backbones.transforms import transform_from_image_processor
 from medadapt.errors import UserError
 
 
 def transforms_from_image_processor(ip, train: bool = False):
-    """torchvision equivalent of ``CLIPImageProcessor`` (resize shortest edge, center crop,
-    normalise); the train variant uses a random resized crop and flip, as CoOp does."""
-    size = ip.size.get("shortest_edge") or ip.size.get("height") or 224
-    crop = ip.crop_size.get("height", size) if getattr(ip, "crop_size", None) else size
-    norm = T.Normalize(ip.image_mean, ip.image_std)
-    if train:
-        return T.Compose([T.RandomResizedCrop(crop, scale=(0.5, 1.0),
-                                              interpolation=T.InterpolationMode.BICUBIC),
-                          T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-                      T.CenterCrop(crop), T.ToTensor(), norm])
+    """Eval: the file's own steps (:func:`transform_from_image_processor`); train: the one
+    augmentation policy of :mod:`medadapt.backbones.transforms`."""
+    return transform_from_image_processor(ip, train=train)
 
 
 class HFCLIPBackbone(Backbone):
@@ -63,6 +54,12 @@ class HFCLIPBackbone(Backbone):
             return ids.argmax(-1)
         return (ids == eos).int().argmax(-1)
 
+    def pooled_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.eos_positions(ids)  # CLIPTextTransformer pools the end-of-text token
+
+    def vision_input_module(self) -> nn.Module:
+        return self.model.vision_model.pre_layrnorm
+
     def text_blocks(self) -> list[nn.Module]:
         return list(self.model.text_model.encoder.layers)
 
@@ -89,10 +86,31 @@ def load_hf_clip(source: str, name: str | None = None, device: str = "cpu",
 
     hf_logging.disable_progress_bar()  # medadapt shows its own progress; no per-load bars
 
+    import os
+
+    from medadapt.backbones import hub
+    if not os.path.isdir(source) and source.count("/") == 1 and cache_dir is None:
+        # a hub id: its cached snapshot first (no network call when the files are here)
+        snap = hub.cached_snapshot(source)
+        if snap is not None and (snap / "config.json").is_file() and hub.has_file(
+                snap, ["model.safetensors", "pytorch_model.bin"]):
+            source_dir = str(snap)
+        elif hub.offline():
+            raise UserError(
+                f"{name or source}: config.json + weights (model.safetensors or pytorch_model.bin) + "
+                f"tokenizer and preprocessor files of https://huggingface.co/{source} are not in "
+                "the Hugging Face cache and the network is off (HF_HUB_OFFLINE=1); download them on "
+                f"a connected machine (`hf download {source}`) or put them in a folder and pass "
+                "--backbone FOLDER")
+        else:
+            source_dir = source
+    else:
+        source_dir = source
+
     try:
-        model = CLIPModel.from_pretrained(source, cache_dir=cache_dir)
-        tok = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir)
-        ip = AutoImageProcessor.from_pretrained(source, cache_dir=cache_dir)
+        model = CLIPModel.from_pretrained(source_dir, cache_dir=cache_dir)
+        tok = AutoTokenizer.from_pretrained(source_dir, cache_dir=cache_dir)
+        ip = AutoImageProcessor.from_pretrained(source_dir, cache_dir=cache_dir)
     except Exception as e:
         raise UserError(
             f"cannot load Hugging Face CLIP model {source!r} ({type(e).__name__}: "

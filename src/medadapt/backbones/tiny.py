@@ -55,8 +55,12 @@ def write_wordpiece_tokenizer(folder: Path, words: list[str] | None = None, max_
         if w not in vocab:
             vocab.append(w)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True,
-                            model_max_length=max_length)
+    try:  # transformers 5
+        tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True,
+                                model_max_length=max_length)
+    except TypeError:  # transformers 4: from the vocab file
+        tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True,
+                                model_max_length=max_length)
     tok.save_pretrained(folder)
     return tok
 
@@ -77,11 +81,18 @@ def write_clip_bpe_tokenizer(folder: Path, max_length: int = 77):
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    tok = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
-                        model_max_length=max_length, pad_token="<|endoftext|>")
+    files = {"vocab": str(folder / "vocab.json"), "merges": str(folder / "merges.txt")}
+    try:  # transformers 5
+        tok = CLIPTokenizer(**files, model_max_length=max_length, pad_token="<|endoftext|>")
+    except TypeError:  # transformers 4: vocab_file / merges_file
+        tok = CLIPTokenizer(vocab_file=files["vocab"], merges_file=files["merges"],
+                            model_max_length=max_length, pad_token="<|endoftext|>")
     tok.save_pretrained(folder)
     return tok
 
+
+BIOMEDBERT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+TEXT_TOWER_CONFIG = "text_tower_config.json"  # {hub id: reduced BERT config}, read by the loader
 
 IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]  # OpenAI CLIP statistics
 IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -100,11 +111,14 @@ def save_tiny_open_clip(folder: Path, hf_text: bool = True, seed: int = 0, image
                   "head_width": 16, "mlp_ratio": 2.0}
     if hf_text:
         tok = write_wordpiece_tokenizer(folder, max_length=32)
-        BertConfig(vocab_size=len(tok), hidden_size=width, num_hidden_layers=2,
-                   num_attention_heads=2, intermediate_size=2 * width,
-                   max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-                   initializer_range=0.3).save_pretrained(folder)  # 0.02 makes a 2-layer BERT near-constant
-        text_cfg = {"hf_model_name": str(folder.resolve()), "hf_tokenizer_name": str(folder.resolve()),
+        bert = BertConfig(vocab_size=len(tok), hidden_size=width, num_hidden_layers=2,
+                          num_attention_heads=2, intermediate_size=2 * width,
+                          max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                          initializer_range=0.3)  # 0.02 makes a 2-layer BERT near-constant
+        # the REAL text-tower id, as BiomedCLIP's config names it; the reduced BERT config that
+        # stands in for the carried one is a test-only file read by the tiny loader
+        (folder / TEXT_TOWER_CONFIG).write_text(json.dumps({BIOMEDBERT: bert.to_dict()}, indent=1))
+        text_cfg = {"hf_model_name": BIOMEDBERT, "hf_tokenizer_name": BIOMEDBERT,
                     "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
                     "context_length": 32}
         model_cfg = {"embed_dim": embed_dim, "vision_cfg": vision_cfg, "text_cfg": text_cfg,
@@ -115,9 +129,12 @@ def save_tiny_open_clip(folder: Path, hf_text: bool = True, seed: int = 0, image
         model_cfg = {"embed_dim": embed_dim, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
     torch.manual_seed(seed)
     cls = open_clip.CustomTextCLIP if hf_text else open_clip.CLIP
-    model = cls(embed_dim=embed_dim, vision_cfg=vision_cfg,
-                text_cfg={k: v for k, v in text_cfg.items()} | (
-                    {"hf_model_pretrained": False} if hf_text else {}))
+    build_text = dict(text_cfg)
+    if hf_text:
+        from medadapt.backbones.openclip import text_config_folder
+        build_text.update(hf_model_pretrained=False,
+                          hf_model_name=text_config_folder(BIOMEDBERT, {BIOMEDBERT: bert.to_dict()}))
+    model = cls(embed_dim=embed_dim, vision_cfg=vision_cfg, text_cfg=build_text)
     cfg = {"model_cfg": model_cfg,
            "preprocess_cfg": {"size": image_size, "mean": IMAGE_MEAN, "std": IMAGE_STD,
                               "interpolation": "bicubic", "resize_mode": "shortest"}}
@@ -149,3 +166,9 @@ def save_tiny_hf_clip(folder: Path, seed: int = 0, image_size: int = 32, width: 
                        crop_size={"height": image_size, "width": image_size},
                        image_mean=IMAGE_MEAN, image_std=IMAGE_STD).save_pretrained(folder)
     return folder
+
+
+def text_tower_configs(folder: Path) -> dict | None:
+    """The reduced text-tower config a tiny/replica folder carries for its real hub id (test only)."""
+    f = Path(folder) / TEXT_TOWER_CONFIG
+    return json.loads(f.read_text()) if f.is_file() else None

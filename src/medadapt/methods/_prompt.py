@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from medadapt.backbones.base import Backbone
+from medadapt.backbones.base import INPUT, Backbone
 
 PLACEHOLDER = "X"
 
@@ -83,7 +83,11 @@ class PromptLearner(nn.Module):
         self.classnames = list(classnames)
         ids = bb.tokenize([self._text(n) for n in classnames])
         ph = bb.tokenize([PLACEHOLDER])[0]
-        ph_id = int(ph[~bb.special_token_mask(ph[None])[0]][0])
+        ph_words = ph[~bb.special_token_mask(ph[None])[0]]
+        if len(ph_words) != 1:
+            raise ValueError(f"the placeholder {PLACEHOLDER!r} is {len(ph_words)} tokens for this "
+                             "tokenizer; context positions would be wrong")
+        ph_id = int(ph_words[0])
         pos = []
         for row in ids:
             hits = (row == ph_id).nonzero().flatten().tolist()
@@ -136,7 +140,8 @@ class TextDeepPrompts(nn.Module):
 
 
 class VisionDeepPrompts(nn.Module):
-    """``n`` learnable visual tokens appended at layer 0 and replaced at layers 1..depth-1
+    """``n`` learnable visual tokens appended at layer 0 (before the pre-LayerNorm, hook point
+    ``INPUT``) and replaced at layers 1..depth-1
     (VPT-deep; MaPLe's and IVLP's vision branch). ``init="zeros"`` gives Biomed-DPT's zero-vector
     soft prompt."""
 
@@ -165,7 +170,7 @@ class VisionDeepPrompts(nn.Module):
             else:
                 def fn(h, p=p):
                     return torch.cat([h[:, :-n], p.to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)], 1)
-            out.append(("vision", j, fn))
+            out.append(("vision", INPUT if j == 0 else j, fn))
         return out
 
 
@@ -199,8 +204,9 @@ def scaled_depth(depth: int, n_layers: int, ref_layers: int = 12) -> int:
 
 def vision_prompt_hooks(prompts: list[torch.Tensor]) -> list:
     """Hooks for visual deep prompts given as tensors ``[n, W]`` (or ``[B, n, W]``), one per layer
-    from 0: appended after the patch tokens at layer 0, replacing the same ``n`` slots at the
-    following layers (VPT-deep, MaPLe Eq. 6-7). The pooled CLS token stays at position 0."""
+    from 0: appended after the patch tokens before the pre-LayerNorm (hook point ``INPUT``, as
+    MaPLe's ``VisionTransformer_MaPLe`` concatenates before ``ln_pre``), replacing the same ``n``
+    slots before blocks 1.. (VPT-deep, MaPLe Eq. 6-7). The pooled CLS token stays at position 0."""
     out = []
     for j, p in enumerate(prompts):
         n = p.shape[-2]
@@ -209,7 +215,7 @@ def vision_prompt_hooks(prompts: list[torch.Tensor]) -> list:
             src = p.to(h.dtype)
             src = src.unsqueeze(0).expand(h.shape[0], -1, -1) if src.dim() == 2 else src
             return torch.cat([h if j == 0 else h[:, :-n], src], 1)
-        out.append(("vision", j, fn))
+        out.append(("vision", INPUT if j == 0 else j, fn))
     return out
 
 

@@ -8,8 +8,9 @@ backbone stays frozen, only ``P_j`` and ``F_j`` are learned.
 
 Through the backbone interface: the input context is laid over the token embeddings
 (``encode_text(ids, embeddings)``), ``P_j`` (j ≥ 1) replace the hidden states at the context
-positions before text block j, and the vision prompts are appended after the patch tokens before
-vision block 0 and replaced before blocks 1..J-1 (``add_layer_hook``), for every family.
+positions before text block j, and the vision prompts are appended after the patch tokens before the
+vision tower's pre-LayerNorm (hook point ``INPUT``, as the reference concatenates before ``ln_pre``)
+and replaced before blocks 1..J-1 (``add_layer_hook``), for every family.
 
 Defaults (paper, Sec. 4.1): b = 2 context tokens initialised from the first two tokens of
 "a photo of a" (the rest of the phrase stays as fixed words, as in the released code), depth

@@ -1,0 +1,77 @@
+"""Image transforms shared by every backbone family.
+
+* Eval: each model's own published preprocessing (open_clip's ``preprocess_cfg``, a Hugging Face
+  ``preprocessor_config.json``, CONCH's bicubic resize + centre crop).
+* Train: ONE augmentation policy for every family, the prompt-learning references' (CoOp / CoCoOp /
+  MaPLe / PromptSRC / BiomedCoOp via Dassl: ``random_resized_crop`` with scale (0.08, 1.0) then
+  ``random_flip``, then ``normalize``; Dassl ``INPUT.RRCROP_SCALE = (0.08, 1.0)``):
+  ``RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=<the model's>) ->
+  RandomHorizontalFlip() -> ToTensor() -> Normalize(<the model's mean/std>)``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torchvision import transforms as T
+
+TRAIN_CROP_SCALE = (0.08, 1.0)
+
+_INTERP = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
+           "nearest": T.InterpolationMode.NEAREST, "lanczos": T.InterpolationMode.LANCZOS,
+           "box": T.InterpolationMode.BOX, "hamming": T.InterpolationMode.HAMMING}
+# PIL resample codes, as stored in a preprocessor_config.json ("resample": 3 = bicubic)
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def interpolation(name_or_code) -> T.InterpolationMode:
+    if isinstance(name_or_code, T.InterpolationMode):
+        return name_or_code
+    if isinstance(name_or_code, int) or (hasattr(name_or_code, "value") and
+                                         isinstance(getattr(name_or_code, "value"), int)):
+        name_or_code = _PIL_RESAMPLE[int(getattr(name_or_code, "value", name_or_code))]
+    return _INTERP[str(name_or_code).lower()]
+
+
+def _rgb(img):
+    return img.convert("RGB") if getattr(img, "mode", "RGB") != "RGB" else img
+
+
+def train_transform(size: int | Sequence[int], mean: Sequence[float], std: Sequence[float],
+                    interp="bicubic") -> T.Compose:
+    """The one train-time augmentation (see the module docstring)."""
+    return T.Compose([_rgb, T.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE,
+                                                interpolation=interpolation(interp)),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(list(mean), list(std))])
+
+
+def transform_from_image_processor(ip, train: bool = False) -> T.Compose:
+    """torchvision equivalent of a ``CLIPImageProcessor``'s ``preprocessor_config.json``:
+    ``resample``, ``do_resize`` with ``shortest_edge`` (aspect kept) or ``height``/``width``
+    (exact), ``do_center_crop`` with ``crop_size``, ``do_normalize`` with mean/std."""
+    interp = interpolation(getattr(ip, "resample", 3))
+    size = {k: v for k, v in dict(getattr(ip, "size", None) or {}).items() if v is not None}
+    crop = {k: v for k, v in dict(getattr(ip, "crop_size", None) or {}).items() if v is not None}
+    do_crop = bool(getattr(ip, "do_center_crop", True)) and bool(crop)
+    if "shortest_edge" in size:
+        resize, out = int(size["shortest_edge"]), int(size["shortest_edge"])
+    else:
+        resize = (int(size.get("height", 224)), int(size.get("width", size.get("height", 224))))
+        out = resize
+    if do_crop:
+        out = (int(crop.get("height", 224)), int(crop.get("width", crop.get("height", 224))))
+    mean = getattr(ip, "image_mean", None) or [0.0, 0.0, 0.0]
+    std = getattr(ip, "image_std", None) or [1.0, 1.0, 1.0]
+    if not getattr(ip, "do_normalize", True):
+        mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    if train:
+        return train_transform(out, mean, std, interp)
+    steps = [_rgb]
+    if getattr(ip, "do_resize", True):
+        steps.append(T.Resize(resize, interpolation=interp))
+    if do_crop:
+        steps.append(T.CenterCrop(out))
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(list(mean), list(std))])
+
+
+def square_size(out) -> int:
+    return int(out[0] if isinstance(out, (tuple, list)) else out)
