@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,9 +50,124 @@ def set_seed(seed: int) -> None:
 
 
 def atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# run folder safety: what may be written, overwritten, resumed
+RUN_MARKERS = ("classes.json", "results.json", "summary.json")
+# settings that may change between an interrupted run and its --resume
+RESUME_IGNORED = ("device", "classnames", "data.workers", "data.batch_size", "train.workers",
+                  "data.precision", "data.skip_bad")
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder medadapt wrote: a config.yaml naming a method and a backbone, plus classes.json,
+    results.json or summary.json."""
+    cfg = path / "config.yaml"
+    if not cfg.is_file() or not any((path / m).is_file() for m in RUN_MARKERS):
+        return False
+    try:
+        import yaml
+        data = yaml.safe_load(cfg.read_text())
+    except Exception:
+        return False
+    return isinstance(data, dict) and "method" in data and "backbone" in data
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be (or become) a writable directory."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    p = out
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {out}: {p} is a file, so no folder can be created under it")
+    if p.exists() and not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {p} is not writable")
+
+
+def check_not_data_folder(out: Path, ds: DataSet) -> None:
+    """Refuse a run folder that is, or contains, the data set's own folder."""
+    if not ds.root:
+        return
+    o, r = out.resolve(), Path(ds.root).resolve()
+    if o == r or o in r.parents:
+        raise UserError(f"--out {out} is or contains the data set folder {ds.root}; choose a run "
+                        "folder outside your data")
+
+
+class run_lock:
+    """An exclusive lock on a run folder (``flock`` on a sibling ``.NAME.lock`` file): a second
+    process writing to the same ``--out`` refuses at once. The kernel drops the lock when the
+    holder dies, so a SIGKILLed run never leaves a stale lock behind."""
+
+    def __init__(self, out: Path):
+        self.path = out.parent / f".{out.name}.lock"
+        self.out = out
+        self.fh = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fh = open(self.path, "a+")
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise UserError(f"run folder {self.out} is in use by another medadapt process "
+                                "(wait for it to finish or choose another --out)") from None
+            try:  # the holder before us may have removed the file between our open and flock
+                same = os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fh = fh
+                return self
+            fh.close()
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            try:
+                self.path.unlink(missing_ok=True)  # while still held
+            except OSError:
+                pass
+            self.fh.close()
+        return False
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(stored: dict, wanted: dict) -> list[str]:
+    """Dotted keys whose values differ between a stored and a new resolved config."""
+    import yaml
+    a = _flat(yaml.safe_load(yaml.safe_dump(stored)))
+    b = _flat(yaml.safe_load(yaml.safe_dump(wanted)))
+    diff = [k for k in sorted(set(a) | set(b))
+            if not any(k == i or k.startswith(i + ".") for i in RESUME_IGNORED + ("seeds",))
+            and a.get(k) != b.get(k)]
+    old, new = list(stored.get("seeds") or []), list(wanted.get("seeds") or [])
+    if old != new and (len(old) > 1) != (len(new) > 1):
+        diff.append("seeds (single-seed vs several-seed folder layout)")
+    return diff
 
 
 def _json_default(o):
@@ -78,6 +194,9 @@ class RunLog:
 # ------------------------------------------------------------------------------------------------
 def resolve(cfg: dict) -> dict:
     """Fill defaults (global, then the method's paper defaults) under the user's settings."""
+    from medadapt.config import check_top_level, normalise, train_schema, validate
+    cfg = normalise(cfg)
+    check_top_level(cfg)
     cfg = deep_update(DEFAULTS, cfg)
     for key in ("backbone", "dataset"):
         if not cfg.get(key):
@@ -85,15 +204,15 @@ def resolve(cfg: dict) -> dict:
     name = (cfg.get("method") or {}).get("name")
     if not name:
         raise UserError("missing --method (see `medadapt methods`)")
+    if not isinstance(name, str):
+        raise UserError(f"method.name must be a method name, got {name!r}")
     cls = get_method(name)
     cfg["method"] = {**cls.defaults, **cfg["method"]}
     from medadapt.engine.train import TRAIN_DEFAULTS
-    cfg["train"] = {**TRAIN_DEFAULTS, **cls.train_defaults, **cfg.get("train", {})}
-    if cfg["protocol"] not in ("few-shot", "base-to-novel", "cross-domain"):
-        raise UserError(f"unknown protocol {cfg['protocol']!r}; valid: few-shot, base-to-novel, "
-                        "cross-domain")
+    cfg["train"] = {**TRAIN_DEFAULTS, **cls.train_defaults, **(cfg.get("train") or {})}
     if not cfg["seeds"]:
         raise UserError("give at least one seed")
+    validate(cfg, cls.defaults, train_schema(TRAIN_DEFAULTS, cls.train_defaults))
     from medadapt.engine.features import autocast_dtype
     autocast_dtype(cfg["data"].get("precision", "auto"), "cpu")  # validates the name
     return cfg
@@ -168,38 +287,85 @@ class Runner:
 
     def run(self) -> dict:
         out = self.out
-        if out.exists() and any(out.iterdir()) and not (self.overwrite or self.resume):
-            raise UserError(f"run folder {out} already exists; pass --overwrite to replace it or "
-                            "--resume to continue it")
+        check_out_dir(out)
+        with run_lock(out):
+            return self._run_locked(out)
+
+    def _run_locked(self, out: Path) -> dict:
+        exists = out.exists() and any(out.iterdir())
+        if exists and not (self.overwrite or self.resume):
+            state = "an unfinished medadapt run" if is_run_folder(out) else "files"
+            raise UserError(f"run folder {out} already exists and holds {state}; pass --resume to "
+                            "continue a run or --overwrite to replace one (or choose another --out)")
+        if exists and self.overwrite and not is_run_folder(out):
+            raise UserError(f"--overwrite refused: {out} is not a medadapt run folder (no "
+                            "config.yaml + classes.json / results.json); nothing was deleted")
+        if exists and self.resume:
+            if not is_run_folder(out):
+                raise UserError(f"--resume refused: {out} is not a medadapt run folder (no "
+                                "config.yaml + classes.json / results.json)")
+            self._check_resume_config(out)
         prep = Prepared(self.cfg, self.quiet)
+        check_not_data_folder(out, prep.ds)
         device = pick_device(self.cfg["device"])
         from medadapt.backbones import load_backbone
         backbone = load_backbone(self.cfg["backbone"], device=device)
+        if exists and self.overwrite:
+            # build the new run beside the old one; swap only when it has succeeded
+            work = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+            try:
+                res = self._write(prep, backbone, work, out)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "run")
+            os.replace(work, out)
+            shutil.rmtree(old, ignore_errors=True)
+            return res
         created = not out.exists()
-        if out.exists() and self.overwrite:
-            shutil.rmtree(out)
-            created = True
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            cfg = dict(self.cfg, classnames=list(prep.ds.classnames))
-            dump_yaml(cfg, out / "config.yaml")
-            atomic_json(out / "classes.json", {"classnames": prep.texts.classnames,
-                                               "train_classnames": [prep.ds.classnames[c] for c in
-                                                                    prep.train_classes],
-                                               "templates": prep.texts.templates,
-                                               "descriptions": prep.texts.descriptions})
-            seeds = self.cfg["seeds"]
-            results = []
-            for seed in seeds:
-                sdir = out / f"seed{seed}" if len(seeds) > 1 else out
-                results.append(self._run_seed(prep, backbone, seed, sdir))
-            if len(seeds) > 1:
-                atomic_json(out / "summary.json", summarise(results))
-            return {"results": results, "out": str(out)}
-        except UserError:
+            return self._write(prep, backbone, out, out)
+        except KeyboardInterrupt:
+            raise  # an interrupted run stays for --resume
+        except BaseException:
+            # any failure (not only a UserError): remove what this call created
             if created:
                 shutil.rmtree(out, ignore_errors=True)
+            elif not exists and out.exists():  # it was an empty folder: empty it again
+                for child in out.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
             raise
+
+    def _check_resume_config(self, out: Path) -> None:
+        try:
+            stored = load_yaml(out / "config.yaml")
+        except UserError as e:
+            raise UserError(f"--resume refused: {e}") from None
+        diff = config_diff(stored, self.cfg)
+        if diff:
+            raise UserError(f"--resume refused: {out} was run with another config (differs in: "
+                            f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}); use another "
+                            "--out or --overwrite")
+
+    def _write(self, prep: Prepared, backbone, folder: Path, out: Path) -> dict:
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = dict(self.cfg, classnames=list(prep.ds.classnames))
+        dump_yaml(cfg, folder / "config.yaml.tmp")
+        os.replace(folder / "config.yaml.tmp", folder / "config.yaml")
+        atomic_json(folder / "classes.json", {"classnames": prep.texts.classnames,
+                                              "train_classnames": [prep.ds.classnames[c] for c in
+                                                                   prep.train_classes],
+                                              "templates": prep.texts.templates,
+                                              "descriptions": prep.texts.descriptions})
+        seeds = self.cfg["seeds"]
+        results = []
+        for seed in seeds:
+            sdir = folder / f"seed{seed}" if len(seeds) > 1 else folder
+            results.append(self._run_seed(prep, backbone, seed, sdir))
+        if len(seeds) > 1:
+            atomic_json(folder / "summary.json", summarise(results))
+        return {"results": results, "out": str(out)}
 
     # --------------------------------------------------------------------------------------------
     def _split(self, prep: Prepared, backbone, idx: list[int], class_map: dict[int, int],
