@@ -185,9 +185,9 @@ def _check_type(key: str, value, want, nullable: bool) -> None:
 
 
 def _unknown(key: str, allowed, section: str) -> UserError:
-    name = key.rpartition(".")[2]
+    prefix, _, name = key.rpartition(".")
     close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
     valid = ", ".join(sorted(allowed)) or "none"
     return UserError(f"unknown setting {key!r}{hint} (valid {section} keys: {valid})")
 
