@@ -61,7 +61,7 @@ def atomic_json(path: Path, obj) -> None:
 RUN_MARKERS = ("classes.json", "results.json", "summary.json")
 # settings that may change between an interrupted run and its --resume
 RESUME_IGNORED = ("device", "classnames", "data.workers", "data.batch_size", "train.workers",
-                  "data.precision", "data.skip_bad")
+                  "data.skip_bad", "data.max_image_pixels")
 
 
 def is_run_folder(path: Path) -> bool:
@@ -101,6 +101,9 @@ def check_not_data_folder(out: Path, ds: DataSet) -> None:
     if o == r or o in r.parents:
         raise UserError(f"--out {out} is or contains the data set folder {ds.root}; choose a run "
                         "folder outside your data")
+    if ds.meta.get("folders") is not None and r in o.parents:  # folder: one sub-folder per class
+        raise UserError(f"--out {out} lies inside the class-folder data set {ds.root} (it would "
+                        "become a class); choose a run folder outside your data")
 
 
 class run_lock:
@@ -162,9 +165,10 @@ def config_diff(stored: dict, wanted: dict) -> list[str]:
     import yaml
     a = _flat(yaml.safe_load(yaml.safe_dump(stored)))
     b = _flat(yaml.safe_load(yaml.safe_dump(wanted)))
+    # a key the stored config lacks comes from a newer medadapt (it resolves every key): not a diff
     diff = [k for k in sorted(set(a) | set(b))
             if not any(k == i or k.startswith(i + ".") for i in RESUME_IGNORED + ("seeds",))
-            and a.get(k) != b.get(k)]
+            and k in a and a.get(k) != b.get(k)]
     old, new = list(stored.get("seeds") or []), list(wanted.get("seeds") or [])
     if old != new and (len(old) > 1) != (len(new) > 1):
         diff.append("seeds (single-seed vs several-seed folder layout)")
