@@ -64,11 +64,12 @@ RESUME_IGNORED = ("device", "classnames", "data.workers", "data.batch_size", "tr
                   "data.skip_bad", "data.max_image_pixels")
 
 
-def is_run_folder(path: Path) -> bool:
-    """A folder medadapt wrote: a config.yaml naming a method and a backbone, plus classes.json,
-    results.json or summary.json."""
+def is_run_folder(path: Path, strict: bool = True) -> bool:
+    """A folder medadapt wrote: a config.yaml naming a method and a backbone, plus (``strict``)
+    classes.json, results.json or summary.json. ``--resume`` accepts a run killed right after
+    writing its config.yaml (``strict=False``); ``--overwrite`` wants the full marker."""
     cfg = path / "config.yaml"
-    if not cfg.is_file() or not any((path / m).is_file() for m in RUN_MARKERS):
+    if not cfg.is_file() or (strict and not any((path / m).is_file() for m in RUN_MARKERS)):
         return False
     try:
         import yaml
@@ -300,14 +301,14 @@ class Runner:
     def _run_locked(self, out: Path) -> dict:
         exists = out.exists() and any(out.iterdir())
         if exists and not (self.overwrite or self.resume):
-            state = "an unfinished medadapt run" if is_run_folder(out) else "files"
+            state = "an unfinished medadapt run" if is_run_folder(out, strict=False) else "files"
             raise UserError(f"run folder {out} already exists and holds {state}; pass --resume to "
                             "continue a run or --overwrite to replace one (or choose another --out)")
         if exists and self.overwrite and not is_run_folder(out):
             raise UserError(f"--overwrite refused: {out} is not a medadapt run folder (no "
                             "config.yaml + classes.json / results.json); nothing was deleted")
         if exists and self.resume:
-            if not is_run_folder(out):
+            if not is_run_folder(out, strict=False):
                 raise UserError(f"--resume refused: {out} is not a medadapt run folder (no "
                                 "config.yaml + classes.json / results.json)")
             self._check_resume_config(out)
@@ -607,6 +608,14 @@ def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = T
     if not (run / "config.yaml").exists():
         load_run(run)  # raises the one-line error
     dirs = _seed_dirs(run)
+    try:
+        wanted = load_yaml(run / "config.yaml").get("seeds") or []
+    except UserError:
+        wanted = []
+    if len(wanted) > len(dirs):
+        print(f"medadapt: warning: {run}: only {len(dirs)} of {len(wanted)} seeds are finished; "
+              "evaluating those (finish the others with `medadapt fit ... --resume`)",
+              file=sys.stderr)
     per = []
     memo: dict = {}
     for d in dirs:
