@@ -341,3 +341,10 @@ def test_predict_streams_in_batches(tmp_path, done_run, monkeypatch):
     assert run_cli("predict", "--run", done_run, *tiles, "--out", tmp_path / "p.csv",
                    "--batch-size", "2", "--quiet") == 0
     assert live["max"] <= 3  # one batch (+ one being created), not all 7
+
+
+def test_failed_run_removes_the_parent_folders_it_created(tmp_path, capsys, shared_data):
+    out = tmp_path / "a" / "b" / "run"
+    assert run_cli("fit", "--backbone", "tiny-hf-clip", "--dataset", f"folder:{tmp_path}/nope",
+                   "--method", "linear-probe", "--out", out, "--quiet") == 2
+    assert not (tmp_path / "a").exists()

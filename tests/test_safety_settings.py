@@ -125,3 +125,11 @@ def test_bench_grid_bad_budgets(tmp_path, line, needle):
                  f"{line}\n")
     with pytest.raises(UserError, match=needle.replace("(", r"\(")):
         validate(expand_grid(load_grid(g)))
+
+
+def test_method_number_settings_are_not_null():
+    with pytest.raises(UserError, match="method.n_ctx must be an integer, got null"):
+        resolve(apply_sets(BASE, ["method.n_ctx=null"]))
+    assert resolve(apply_sets(BASE, ["method.ctx_init=null"]))["method"]["ctx_init"] is None
+    lora = dict(BASE, method={"name": "clip-lora"})
+    assert resolve(apply_sets(lora, ["method.n_iters_per_shot=null"]))["method"]["n_iters_per_shot"] is None

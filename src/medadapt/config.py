@@ -192,6 +192,10 @@ def _unknown(key: str, allowed, section: str) -> UserError:
     return UserError(f"unknown setting {key!r}{hint} (valid {section} keys: {valid})")
 
 
+# method settings whose number default may also be null (documented by the method)
+NULLABLE_METHOD_KEYS = {"n_iters_per_shot"}
+
+
 def _check_section(prefix: str, values: dict, schema: dict, section: str,
                    nullable_all: bool = False) -> None:
     for k, v in values.items():
@@ -202,7 +206,10 @@ def _check_section(prefix: str, values: dict, schema: dict, section: str,
         if want is None:  # default None: any value
             continue
         if isinstance(want, type):
-            _check_type(key, v, want, nullable=nullable_all)
+            nullable = nullable_all
+            if section == "method":  # null: for text / list settings, or where documented
+                nullable = want in (str, list, dict) or k in NULLABLE_METHOD_KEYS
+            _check_type(key, v, want, nullable=nullable)
         _check_range(key, v)
 
 

@@ -295,8 +295,21 @@ class Runner:
         out = self.out
         check_out_dir(out)
         from medadapt.data.dataset import pixel_limit
-        with run_lock(out), pixel_limit(self.cfg["data"].get("max_image_pixels")):
-            return self._run_locked(out)
+        missing = []  # parent folders this call creates (removed again if it fails)
+        p = out.parent
+        while not p.exists() and p.parent != p:
+            missing.append(p)
+            p = p.parent
+        try:
+            with run_lock(out), pixel_limit(self.cfg["data"].get("max_image_pixels")):
+                return self._run_locked(out)
+        except BaseException:
+            for d in missing:  # deepest first; only if still empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+            raise
 
     def _run_locked(self, out: Path) -> dict:
         exists = out.exists() and any(out.iterdir())
