@@ -375,3 +375,9 @@ def test_instruct_eval_results_with_bad_json(tmp_path, capsys):
     bad.write_text("[1, 2]")
     rc = main(["eval", "--results", str(bad), "--out", str(tmp_path / "e")])
     assert rc == 2 and "not a metrics.json" in capsys.readouterr().err
+
+
+def test_dark_16bit_image_stays_dark_and_int64_8bit_arrays_pass():
+    dark = np.full((4, 4), 200, np.uint16)  # 200 of 4095: dark, not 200 of 255
+    assert np.asarray(array_to_rgb(dark)).max() == round(200 * 255 / 4095)
+    assert np.asarray(array_to_rgb(np.full((4, 4), 200, np.int64))).max() == 200

@@ -159,7 +159,9 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
         return np.round((a - lo) / (hi - lo) * 255.0).astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-        if lo >= 0 and hi <= 255:
+        # 8-bit values in a wider integer array (e.g. int64 from np.array) pass unchanged; a
+        # 16-bit array is always read as 12- or 16-bit data, so dark 16-bit images stay dark
+        if lo >= 0 and hi <= 255 and a.dtype.itemsize != 2:
             return a.astype(np.uint8)
         if lo >= 0 and hi <= 4095:
             return np.round(a.astype(np.float64) * (255.0 / 4095.0)).astype(np.uint8)
