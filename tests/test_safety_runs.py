@@ -348,3 +348,23 @@ def test_failed_run_removes_the_parent_folders_it_created(tmp_path, capsys, shar
     assert run_cli("fit", "--backbone", "tiny-hf-clip", "--dataset", f"folder:{tmp_path}/nope",
                    "--method", "linear-probe", "--out", out, "--quiet") == 2
     assert not (tmp_path / "a").exists()
+
+
+def test_predict_skip_bad_when_the_first_batch_is_all_bad(tmp_path, done_run):
+    import csv
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"a{i}.png").write_bytes(b"junk")
+    shutil.copy(next(CRC.glob("ADI/*.png")), folder / "z.png")
+    out = tmp_path / "p.csv"
+    assert run_cli("predict", "--run", done_run, folder, "--out", out, "--skip-bad",
+                   "--batch-size", "2", "--quiet") == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(r["path"]).name for r in rows] == ["a0.png", "a1.png", "a2.png", "z.png"]
+    assert [bool(r["error"]) for r in rows] == [True, True, True, False]
+    # all bad: still a CSV with a header and one row per file
+    for f in folder.glob("z.png"):
+        f.unlink()
+    assert run_cli("predict", "--run", done_run, folder, "--out", out, "--skip-bad", "--quiet") == 0
+    assert len(list(csv.DictReader(out.open()))) == 3

@@ -612,6 +612,7 @@ def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None
         with os.fdopen(fd, "w", newline="") as fh, pixel_limit(limit), torch.no_grad():
             w = csv.writer(fh)
             header = None
+            pending: list[tuple[Path, str]] = []
             for s in tqdm(range(0, len(files), batch_size), disable=not progress, desc="predict"):
                 chunk = files[s:s + batch_size]
                 ok, imgs, errors = [], [], {}
@@ -634,18 +635,25 @@ def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None
                                       features=backbone.encode_image(xs, normalize=False))
                     probs = torch.softmax(method(batch).float(), dim=-1).cpu().numpy().tolist()
                     extras = method.extra_predictions(batch).get("rows") or [{}] * len(xs)
-                if header is None:  # extra columns are fixed by the method: take the first batch's
+                if header is None and (ok or s + batch_size >= len(files)):
+                    # extra columns are fixed by the method: take them from the first good batch
                     extra_cols = sorted({k for e in extras for k in e})
                     header = ["path", "prediction"] + [f"p({n})" for n in names] + extra_cols
                     if skip_bad:
                         header.append("error")
                     w.writerow(header)
+                    for f, why in pending:  # bad files met before the header was known
+                        w.writerow([str(f), ""] + [""] * (len(names) + len(extra_cols)) + [why])
+                    pending = []
                 pos = {f: j for j, f in enumerate(ok)}
                 for f in chunk:
                     if f in errors:
                         n_bad += 1
-                        w.writerow([str(f), ""] + [""] * len(names) + [""] * len(extra_cols)
-                                   + [errors[f]])
+                        if header is None:
+                            pending.append((f, errors[f]))
+                        else:
+                            w.writerow([str(f), ""] + [""] * (len(names) + len(extra_cols))
+                                       + [errors[f]])
                         continue
                     p, e = probs[pos[f]], extras[pos[f]]
                     row = [str(f), names[int(np.argmax(p))]] + [f"{v:.6f}" for v in p] + \
