@@ -368,3 +368,25 @@ def test_predict_skip_bad_when_the_first_batch_is_all_bad(tmp_path, done_run):
         f.unlink()
     assert run_cli("predict", "--run", done_run, folder, "--out", out, "--skip-bad", "--quiet") == 0
     assert len(list(csv.DictReader(out.open()))) == 3
+
+
+def test_interrupted_run_is_kept_for_resume(tmp_path, monkeypatch, capsys, shared_data):
+    from medadapt.engine import runner
+    orig = runner.Runner._run_seed
+
+    def stop_at_seed2(self, prep, backbone, seed, sdir):
+        if seed == 2:
+            raise KeyboardInterrupt
+        return orig(self, prep, backbone, seed, sdir)
+    monkeypatch.setattr(runner.Runner, "_run_seed", stop_at_seed2)
+    out = tmp_path / "run"
+    assert fit(out, "--seeds", "1", "2") == 130
+    assert (out / "seed1" / "results.json").exists()
+    first = (out / "seed1" / "results.json").read_text()
+    monkeypatch.setattr(runner.Runner, "_run_seed", orig)
+    capsys.readouterr()
+    assert fit(out, "--seeds", "1", "2") == 2  # a plain re-run is refused, pointing to --resume
+    assert "unfinished medadapt run" in one_line_error(capsys)
+    assert fit(out, "--seeds", "1", "2", "--resume") == 0
+    assert (out / "seed1" / "results.json").read_text() == first  # finished seed kept
+    assert (out / "summary.json").exists()
