@@ -223,8 +223,10 @@ def test_empty_class_folder_and_single_image_class_warn(tmp_path, capsys):
     (data / "EMPTY").mkdir()
     (data / "ONE").mkdir()
     shutil.copy(TILES[0], data / "ONE" / "x.png")
+    shutil.copy(TILES[1], data / "loose.png")
     ds = from_folder(str(data))
     err = capsys.readouterr().err
+    assert "1 image(s) directly in the data set folder (e.g. loose.png)" in err
     assert ds.classnames == ["A", "B", "ONE"]
     assert "'EMPTY' holds no images" in err
     assert "class 'ONE' has 1 image(s) and no test image" in err

@@ -206,6 +206,11 @@ def from_folder(path: str, classnames: dict[str, str] | None = None, name: str |
                 empty.append(cname)
             for f in found:
                 entries.append((f.relative_to(root).as_posix(), cname, None))
+    loose = [f.name for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+             and not f.name.startswith(".")]
+    if loose:
+        warn(f"{root}: {len(loose)} image(s) directly in the data set folder (e.g. {loose[0]}) "
+             "belong to no class folder and are ignored")
     folders = sorted({c for _, c, _ in entries})
     for e in empty:
         if not split_layout or e.partition("/")[2] not in folders:
