@@ -390,3 +390,14 @@ def test_interrupted_run_is_kept_for_resume(tmp_path, monkeypatch, capsys, share
     assert fit(out, "--seeds", "1", "2", "--resume") == 0
     assert (out / "seed1" / "results.json").read_text() == first  # finished seed kept
     assert (out / "summary.json").exists()
+
+
+def test_resume_refuses_when_the_data_set_classes_changed(tmp_path, capsys, shared_data):
+    data = tmp_path / "data"
+    shutil.copytree(CRC, data)
+    out = tmp_path / "run"
+    assert fit(out, dataset=f"folder:{data}") == 0
+    shutil.copytree(data / "TUM", data / "TUM2")
+    capsys.readouterr()
+    assert fit(out, "--resume", dataset=f"folder:{data}") == 2
+    assert "classes of" in one_line_error(capsys)

@@ -212,20 +212,33 @@ class Runner:
             self._check_resume_config(out)
         prep = Prepared(self.cfg, self.quiet)
         check_not_data_folder(out, prep.ds)
+        if exists and self.resume:
+            stored = (load_yaml(out / "config.yaml").get("classnames") or None)
+            if stored is not None and list(stored) != list(prep.ds.classnames):
+                raise UserError(f"--resume refused: the classes of {self.cfg['dataset']} changed "
+                                f"since {out} was started ({len(stored)} then, "
+                                f"{prep.ds.num_classes} now); use another --out or --overwrite")
         device = pick_device(self.cfg["device"])
         from medadapt.backbones import load_backbone
         backbone = load_backbone(self.cfg["backbone"], device=device)
         if exists and self.overwrite:
             # build the new run beside the old one; swap only when it has succeeded
             work = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+            old = None
             try:
                 res = self._write(prep, backbone, work, out)
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, old / "run")
+                try:
+                    os.replace(work, out)
+                except BaseException:
+                    os.replace(old / "run", out)  # put the old run back
+                    raise
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
+                if old is not None and not (old / "run").exists():
+                    shutil.rmtree(old, ignore_errors=True)
                 raise
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "run")
-            os.replace(work, out)
             shutil.rmtree(old, ignore_errors=True)
             return res
         created = not out.exists()
