@@ -83,7 +83,7 @@ def test_validate_names_before_running():
         validate(expand_grid(grid(backbones=["tiny-hf-clp"])))
     with pytest.raises(UserError, match="unknown dataset"):
         validate(expand_grid(grid(datasets=["kather2061"])))
-    with pytest.raises(UserError, match=r"unknown setting\(s\) \['mdoe'\] for method zero-shot"):
+    with pytest.raises(UserError, match=r"unknown setting 'method.mdoe'; did you mean 'method.mode'"):
         validate(expand_grid(grid(methods=[{"name": "zero-shot", "mdoe": "ensemble"}])))
     runs = expand_grid(grid())
     validate(runs)

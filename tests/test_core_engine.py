@@ -118,10 +118,12 @@ def test_feature_cache_reuses_and_invalidates(tmp_path, shared_data):
         f3, _ = cache.encode(bb, ds, idx, progress=False)  # only the new items are encoded
         assert sum(calls) == len(idx) - 10 and torch.equal(f3[:10], f1)
         # a changed file changes the data set fingerprint and so the cache key
+        # (content-based since issue 13: other bytes, even with the old mtime)
         p = data / ds.records[0].id
-        p.write_bytes(p.read_bytes())
+        st = p.stat()
+        p.write_bytes((data / ds.records[-1].id).read_bytes())
         import os
-        os.utime(p, ns=(1, 1))
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
         ds2 = from_folder(str(data))
         assert cache.key(bb, ds2, 0) != cache.key(bb, ds, 0)
         calls.clear()

@@ -42,6 +42,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 def _list(kind: str) -> int:
     if kind == "backbones":
         from medadapt.backbones import BACKBONES, how_to_get, local_status
@@ -147,15 +157,29 @@ def _cmd_fit(args) -> int:
 def _cmd_eval(args) -> int:
     from medadapt.engine.runner import evaluate_run
     out = evaluate_run(args.run, args.dataset, progress=not args.quiet)
-    m = out["metrics"]
-    print(json.dumps({k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "n")},
-                     indent=1))
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "n")
+    if len(out["seeds"]) == 1:
+        m = out["metrics"]
+        print(json.dumps({k: m.get(k) for k in keys}, indent=1))
+        return 0
+    # several seeds: every seed, then the mean and std over seeds
+    for s in out["seeds"]:
+        m = s["metrics"]
+        print(f"seed {s['seed']}: accuracy {m['accuracy']:.4f}  balanced "
+              f"{m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n {m['n']}")
+    summ = out["summary"]
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc"):
+        if k in summ:
+            print(f"mean {k} {summ[k]['mean']:.4f} ± {summ[k]['std']:.4f} over "
+                  f"{len(summ[k]['values'])} seeds")
     return 0
 
 
 def _cmd_predict(args) -> int:
     from medadapt.engine.runner import predict_paths
-    out = predict_paths(args.run, args.inputs, args.out)
+    out = predict_paths(args.run, args.inputs, args.out, batch_size=args.batch_size,
+                        skip_bad=args.skip_bad, progress=not args.quiet,
+                        max_image_pixels=args.max_image_pixels)
     print(f"wrote {out}")
     return 0
 
@@ -230,7 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="class probabilities for images -> CSV", formatter_class=_Fmt)
     pr.add_argument("--run", required=True, help="run folder written by `medadapt fit`")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
-    pr.add_argument("--out", default=None, help="CSV to write (default: RUN/predictions.csv)")
+    pr.add_argument("--out", default=None, help="CSV to write (default: RUN/predictions.csv); "
+                    "written to a temporary file and renamed into place when complete")
+    pr.add_argument("--batch-size", type=_positive_int, default=32,
+                    help="images decoded and encoded at a time (memory is flat in the number of "
+                         "inputs)")
+    pr.add_argument("--skip-bad", action="store_true",
+                    help="skip unreadable images; they get a row with the reason in an 'error' "
+                         "column")
+    pr.add_argument("--max-image-pixels", type=_positive_int, default=None,
+                    help="raise Pillow's decompression-bomb limit (default: the run's "
+                         "data.max_image_pixels, else Pillow's ~89 Mpx)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
 
     for mod in PLUGINS:

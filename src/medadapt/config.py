@@ -1,16 +1,38 @@
 """Run configuration: defaults <- method defaults <- ``--config FILE.yaml`` <- flags <- ``--set``.
 
 The resolved config is a plain nested dict, written to the run folder as ``config.yaml``.
-``--set a.b=value`` parses ``value`` as YAML (numbers, lists, null, booleans).
+``--set a.b=value`` parses ``value`` as YAML (numbers, lists, null, booleans; ``2e-3`` is a float).
+
+Every section has a schema (:func:`validate`): the top level and ``data`` / ``texts`` here,
+``train`` = the engine's ``TRAIN_DEFAULTS`` (plus the chosen method's ``train_defaults``),
+``method`` = the chosen method's ``defaults``. An unknown key is refused with a did-you-mean and a
+value of the wrong type with the key and what is allowed, so a typo can never pass silently.
 """
 from __future__ import annotations
 
 import copy
+import difflib
+import re
 from pathlib import Path
 
 import yaml
 
 from medadapt.errors import UserError
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose floats follow YAML 1.2: ``2e-3`` and ``1e5`` are numbers (YAML 1.1 wants
+    a dot, ``2.0e-3``, and reads ``2e-3`` as a string)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
 
 DEFAULTS: dict = {
     "backbone": None,
@@ -35,6 +57,9 @@ DEFAULTS: dict = {
         # 0: train on the eval transform's features. See docs/methods.md ("Augmented views").
         "augment_views": 10,
         "cache": True,  # use the on-disk feature cache
+        "max_image_pixels": None,  # Pillow's decompression-bomb limit (None: Pillow's ~89 Mpx)
+        "split_file": None,  # a split file in the data set's own format (e.g. BiomedCoOp's JSON)
+        "options": None,  # other builder options of a registered data set (a mapping)
     },
     "texts": {
         "template_set": None,  # default: the data set's (histopathology, cytology, ...)
@@ -69,8 +94,19 @@ def read_yaml_mapping(path: str | Path, what: str = "config file", allow_empty: 
     p = Path(path)
     if not p.exists():
         raise UserError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise UserError(f"{what} {p} is a directory, not a YAML file")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+        if b"\x00" in raw:
+            raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {p} is not a text (UTF-8 YAML) file") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise UserError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
     if data is None and allow_empty:
@@ -91,7 +127,7 @@ def apply_sets(cfg: dict, sets: list[str]) -> dict:
             raise UserError(f"--set expects key=value, got {s!r}")
         key, raw = s.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = yaml.load(raw, Loader=_Loader) if raw != "" else None
         except yaml.YAMLError:
             value = raw
         node = cfg
@@ -104,6 +140,177 @@ def apply_sets(cfg: dict, sets: list[str]) -> dict:
                 raise UserError(f"--set {key}: {p!r} is not a section")
         node[parts[-1]] = value
     return normalise(cfg)
+
+
+def parse_value(raw: str):
+    """A ``--set`` value as YAML, where ``2e-3`` / ``1e5`` are floats (YAML 1.2), not strings."""
+    try:
+        return yaml.load(raw, Loader=_Loader) if raw != "" else None
+    except yaml.YAMLError:
+        return raw
+
+
+# ------------------------------------------------------------------------------------------------
+# schema
+TOP_KEYS = {"backbone": (str,), "dataset": (str,), "method": (dict,), "shots": (int,),
+            "seeds": (list,), "protocol": (str,), "device": (str,), "data": (dict,),
+            "texts": (dict,), "train": (dict,), "classnames": (list,)}
+PROTOCOLS = ("few-shot", "base-to-novel", "cross-domain")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# keys whose value must be a positive number (> 0) / a non-negative one
+_POSITIVE = {"train.epochs", "train.batch_size", "data.batch_size", "train.lr",
+             "data.max_image_pixels"}
+_NON_NEGATIVE = {"shots", "data.workers", "train.workers", "train.warmup_epochs",
+                 "train.weight_decay", "train.grad_clip", "train.eval_every",
+                 "train.checkpoint_every", "data.augment_views", "train.warmup_lr",
+                 "train.momentum"}
+_DATA_TYPES = {"skip_bad": bool, "allow_fewer": bool, "fraction": float, "base": list,
+               "novel": list, "train_domain": str, "batch_size": int, "workers": int,
+               "precision": str, "augment_views": int, "cache": bool, "max_image_pixels": int,
+               "split_file": str, "options": dict}
+_TEXT_TYPES = {"template_set": str, "templates": list, "descriptions": str}
+
+
+def _type_name(t) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(t, t.__name__)
+
+
+def _check_type(key: str, value, want, nullable: bool) -> None:
+    if value is None:
+        if nullable:
+            return
+        raise UserError(f"{key} must be {_type_name(want)}, got null")
+    ok = (isinstance(value, bool) if want is bool else
+          isinstance(value, int) and not isinstance(value, bool) if want is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
+          isinstance(value, (list, tuple)) if want is list else
+          isinstance(value, want))
+    if not ok:
+        raise UserError(f"{key} must be {_type_name(want)}, got {value!r}")
+
+
+def _unknown(key: str, allowed, section: str) -> UserError:
+    prefix, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
+    hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+    valid = ", ".join(sorted(allowed)) or "none"
+    return UserError(f"unknown setting {key!r}{hint} (valid {section} keys: {valid})")
+
+
+# method settings whose number default may also be null (documented by the method)
+NULLABLE_METHOD_KEYS = {"n_iters_per_shot"}
+
+
+def _check_section(prefix: str, values: dict, schema: dict, section: str,
+                   nullable_all: bool = False) -> None:
+    for k, v in values.items():
+        key = f"{prefix}.{k}"
+        if k not in schema:
+            raise _unknown(key, schema, section)
+        want = schema[k]
+        if want is None:  # default None: any value
+            continue
+        if isinstance(want, type):
+            nullable = nullable_all
+            if section == "method":  # null: for text / list settings, or where documented
+                nullable = want in (str, list, dict) or k in NULLABLE_METHOD_KEYS
+            _check_type(key, v, want, nullable=nullable)
+        _check_range(key, v)
+
+
+def _check_range(key: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return
+    if key in _POSITIVE and not v > 0:
+        raise UserError(f"{key} must be > 0, got {v!r}")
+    if key in _NON_NEGATIVE and v < 0:
+        raise UserError(f"{key} must be >= 0, got {v!r}")
+
+
+_FLOAT_NAME = re.compile(r"alpha|beta|lambda|weight|scale|ratio|temp|tau")
+
+
+def _schema_of(defaults: dict) -> dict:
+    """Key -> expected type from a defaults dict (None: any; int defaults also accept ints only,
+    float defaults accept any number)."""
+    out = {}
+    for k, v in defaults.items():
+        numeric = isinstance(v, int) and _FLOAT_NAME.search(k)  # e.g. LoRA alpha = 1
+        out[k] = (None if v is None else bool if isinstance(v, bool) else
+                  float if isinstance(v, float) or numeric else int if isinstance(v, int) else
+                  list if isinstance(v, (list, tuple)) else dict if isinstance(v, dict) else
+                  str if isinstance(v, str) else None)
+    return out
+
+
+def check_top_level(cfg: dict) -> None:
+    """Unknown top-level keys and sections that must be mappings (before defaults are merged)."""
+    for k, v in cfg.items():
+        if k not in TOP_KEYS:
+            raise _unknown(k, TOP_KEYS, "top-level")
+        if k in ("data", "texts", "train") and v is not None and not isinstance(v, dict):
+            raise UserError(f"{k} must be a mapping of settings (e.g. --set {k}.KEY=VALUE), "
+                            f"got {v!r}")
+        if k == "method" and not isinstance(v, (dict, str)):
+            raise UserError(f"method must be a method name or a mapping, got {v!r}")
+
+
+def validate(cfg: dict, method_defaults: dict, train_schema: dict) -> None:
+    """Check a resolved config against the schemas; raises a one-line ``UserError``."""
+    check_top_level(cfg)
+    for key in ("backbone", "dataset"):
+        if not isinstance(cfg.get(key), str):
+            raise UserError(f"{key} must be a string, got {cfg.get(key)!r}")
+    shots = cfg.get("shots")
+    _check_type("shots", shots, int, nullable=False)
+    _check_range("shots", shots)
+    seeds = cfg.get("seeds")
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise UserError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    for s in seeds:
+        _check_type("seeds", s, int, nullable=False)
+        if s < 0:
+            raise UserError(f"seeds must be integers >= 0, got {s!r}")
+    dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if dup:
+        raise UserError(f"seeds must be distinct; {dup[0]} is given twice")
+    if cfg.get("protocol") not in PROTOCOLS:
+        raise UserError(f"unknown protocol {cfg.get('protocol')!r}; valid: {', '.join(PROTOCOLS)}")
+    dev = cfg.get("device")
+    if not isinstance(dev, str) or not _DEVICE_RE.match(dev):
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+    _check_data(cfg.get("data") or {})
+    _check_section("texts", cfg.get("texts") or {}, _TEXT_TYPES, "texts", nullable_all=True)
+    _check_section("train", cfg.get("train") or {}, train_schema, "train")
+    method = dict(cfg.get("method") or {})
+    method.pop("name", None)
+    _check_section("method", method, _schema_of(method_defaults), "method", nullable_all=True)
+
+
+_DATA_NULLABLE = {"fraction", "base", "novel", "train_domain", "max_image_pixels"}
+
+
+def _check_data(d: dict) -> None:
+    for k, v in d.items():
+        key = f"data.{k}"
+        if k not in _DATA_TYPES:
+            raise _unknown(key, _DATA_TYPES, "data")
+        _check_type(key, v, _DATA_TYPES[k], nullable=k in _DATA_NULLABLE)
+        _check_range(key, v)
+    frac = d.get("fraction")
+    if frac is not None and not 0 < frac <= 1:
+        raise UserError(f"data.fraction must be in (0, 1], got {frac!r}")
+
+
+def train_schema(train_defaults: dict, *extra: dict) -> dict:
+    """The ``train`` section's schema: the engine's defaults (read at call time, so keys added to
+    ``TRAIN_DEFAULTS`` are known at once) plus any method's ``train_defaults``."""
+    merged = dict(train_defaults)
+    for e in extra:
+        for k, v in e.items():
+            merged.setdefault(k, v)
+    return _schema_of(merged)
 
 
 def dump_yaml(cfg: dict, path: str | Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,46 @@ def pretty_classname(name: str) -> str:
     return name.replace("_", " ").strip()
 
 
+def warn(msg: str) -> None:
+    print(f"medadapt: warning: {msg}", file=sys.stderr)
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def visible_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, skipping hidden files and folders (``.name``,
+    e.g. ``.ipynb_checkpoints``, ``.thumbnails``): the same rule for ``fit`` and ``predict``."""
+    return sorted(f for f in folder.rglob("*")
+                  if f.suffix.lower() in IMAGE_EXTS and not _hidden(f.relative_to(folder))
+                  and f.is_file())
+
+
+def check_class_names(names: list[str], raw: list[str], where: str) -> None:
+    """Two raw labels that prettify to one class name would merge two classes: refuse."""
+    seen: dict[str, str] = {}
+    for n, r in zip(names, raw):
+        key = n.lower()
+        if key in seen:
+            raise UserError(f"{where}: class labels {seen[key]!r} and {r!r} both become the class "
+                            f"name {n!r}; rename one of them")
+        seen[key] = r
+
+
+def warn_thin_classes(ds: DataSet, where: str) -> None:
+    """A class without a test image vanishes from the metrics: say so."""
+    if not ds.has_splits():
+        return
+    counts = np.bincount(ds.labels, minlength=ds.num_classes)
+    tests = np.bincount([r.label for r in ds.records if r.split == "test"],
+                        minlength=ds.num_classes)
+    for c, name in enumerate(ds.classnames):
+        if counts[c] and not tests[c]:
+            warn(f"{where}: class {name!r} has {counts[c]} image(s) and no test image; it will be "
+                 "missing from the test metrics")
+
+
 def from_folder(path: str, classnames: dict[str, str] | None = None, name: str | None = None,
                 split_seed: int = 0) -> DataSet:
     """One sub-folder per class. Optional ``train/val/test`` level above the class folders."""
@@ -92,56 +133,120 @@ def from_folder(path: str, classnames: dict[str, str] | None = None, name: str |
     subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     split_layout = bool(subdirs) and set(subdirs) <= {"train", "val", "test"} and "test" in subdirs
     entries: list[tuple[str, str, str | None]] = []  # (rel path, class folder, split)
+    empty: list[str] = []
     if split_layout:
         for split in subdirs:
-            for cdir in sorted(d for d in (root / split).iterdir() if d.is_dir()):
-                for f in sorted(cdir.iterdir()):
-                    if f.suffix.lower() in IMAGE_EXTS:
-                        entries.append((f"{split}/{cdir.name}/{f.name}", cdir.name, split))
+            for cdir in sorted(d for d in (root / split).iterdir()
+                               if d.is_dir() and not d.name.startswith(".")):
+                found = visible_images(cdir)
+                if not found:
+                    empty.append(f"{split}/{cdir.name}")
+                for f in found:
+                    entries.append((f"{split}/{cdir.name}/{f.relative_to(cdir).as_posix()}",
+                                    cdir.name, split))
     else:
         for cname in subdirs:
-            for f in sorted((root / cname).rglob("*")):
-                if f.suffix.lower() in IMAGE_EXTS and f.is_file():
-                    entries.append((str(f.relative_to(root)), cname, None))
+            found = visible_images(root / cname)
+            if not found:
+                empty.append(cname)
+            for f in found:
+                entries.append((f.relative_to(root).as_posix(), cname, None))
+    loose = [f.name for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+             and not f.name.startswith(".")]
+    if loose:
+        warn(f"{root}: {len(loose)} image(s) directly in the data set folder (e.g. {loose[0]}) "
+             "belong to no class folder and are ignored")
     folders = sorted({c for _, c, _ in entries})
+    for e in empty:
+        if not split_layout or e.partition("/")[2] not in folders:
+            warn(f"{root}: class folder {e!r} holds no images ({', '.join(sorted(IMAGE_EXTS))}); "
+                 "it is left out of the task")
     if not folders:
         raise UserError(f"no class sub-folders with images found in {root} "
                         f"(expected {root}/<class>/<image>.png)")
     label_of = {c: i for i, c in enumerate(folders)}
     names = [(classnames or {}).get(c, pretty_classname(c)) for c in folders]
+    check_class_names(names, folders, str(root))
     splits: list[str | None] = [s for _, _, s in entries]
     if not split_layout:
         labels = np.array([label_of[c] for _, c, _ in entries])
         splits = stratified_split(labels, seed=split_seed)
     records = [Record(id=p, label=label_of[c], split=s) for (p, c, _), s in zip(entries, splits)]
     rootstr = str(root)
-    return DataSet(name=name or f"folder:{root.name}", classnames=names, records=records,
-                   loader=lambda r: open_rgb(os.path.join(rootstr, r.id)),
-                   fingerprint=files_fingerprint(rootstr, [r.id for r in records]),
-                   root=rootstr, meta={"folders": folders})
+    ds = DataSet(name=name or f"folder:{root.name}", classnames=names, records=records,
+                 loader=lambda r: open_rgb(os.path.join(rootstr, r.id)),
+                 fingerprint=files_fingerprint(rootstr, [r.id for r in records]),
+                 root=rootstr, meta={"folders": folders})
+    warn_thin_classes(ds, str(root))
+    return ds
+
+
+def _read_csv_rows(f: Path) -> tuple[list[str], list[dict]]:
+    try:
+        raw = f.read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"csv: {f} is a folder, not a CSV file") from None
+    except OSError as e:
+        raise UserError(f"cannot read CSV {f}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # Excel writes a UTF-8 BOM
+    except UnicodeDecodeError as e:
+        raise UserError(f"{f}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
+                        "save the CSV as UTF-8 (e.g. Excel: 'CSV UTF-8')") from None
+    if "\x00" in text:
+        raise UserError(f"{f}: not a text CSV file (NUL bytes)")
+    try:
+        reader = csv.DictReader(text.splitlines())
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        reader.fieldnames = cols
+        rows = [{k: (v.strip() if isinstance(v, str) else v) for k, v in r.items()}
+                for r in reader]
+    except csv.Error as e:
+        raise UserError(f"{f}: malformed CSV ({e})") from None
+    return cols, rows
 
 
 def from_csv(path: str, name: str | None = None, split_seed: int = 0) -> DataSet:
-    """CSV with a header: ``path,label[,split][,concepts]``; paths relative to the CSV's folder;
-    concepts separated by ``;`` (multi-label allowed)."""
+    """CSV with a header: ``path,label[,split][,concepts][,domain]``; relative paths are relative
+    to the CSV's folder, absolute ones may point anywhere the user can read; concepts separated by
+    ``;`` (multi-label allowed).
+
+    Refused, each in one line naming the line: an empty path or label, a partial ``split`` column
+    (some cells empty: the given splits would otherwise be dropped and re-drawn), one path listed
+    twice (same or conflicting label), labels that become the same class name."""
     f = _require_dir(path, "csv")
-    with open(f, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = set(reader.fieldnames or [])
-        if not {"path", "label"} <= cols:
-            raise UserError(f"{f}: CSV needs a header with columns path,label[,split][,concepts]; "
-                            f"found {sorted(cols)}")
-        rows = list(reader)
+    cols_list, rows = _read_csv_rows(f)
+    cols = set(cols_list)
+    if not {"path", "label"} <= cols:
+        raise UserError(f"{f}: CSV needs a header with columns path,label[,split][,concepts]; "
+                        f"found {sorted(cols)}")
     if not rows:
         raise UserError(f"{f}: CSV has no rows")
-    classes = sorted({r["label"] for r in rows})
-    label_of = {c: i for i, c in enumerate(classes)}
-    has_split = "split" in cols and all(r.get("split") for r in rows)
+    has_split = "split" in cols and any(r.get("split") for r in rows)
+    first_line: dict[str, int] = {}
     for lineno, r in enumerate(rows, start=2):
-        if has_split and r["split"] not in ("train", "val", "test"):
-            raise UserError(f"{f}:{lineno}: split must be train, val or test, got {r['split']!r}")
+        if None in r or any(v is None for v in r.values()):
+            raise UserError(f"{f}:{lineno}: wrong number of fields for the header {cols_list}")
         if not r["path"]:
             raise UserError(f"{f}:{lineno}: empty path")
+        if not r["label"]:
+            raise UserError(f"{f}:{lineno}: empty label for {r['path']!r}")
+        if has_split and r["split"] not in ("train", "val", "test"):
+            got = r["split"]
+            raise UserError(f"{f}:{lineno}: split must be train, val or test, got {got!r}"
+                            + ("; give a split for every row or drop the column" if not got else ""))
+        key = os.path.normpath(r["path"])
+        if key in first_line:
+            prev = rows[first_line[key] - 2]
+            what = (f"with conflicting labels {prev['label']!r} and {r['label']!r}"
+                    if prev["label"] != r["label"] else "twice")
+            raise UserError(f"{f}:{lineno}: {r['path']!r} is listed {what} (first on line "
+                            f"{first_line[key]}); list each image once")
+        first_line[key] = lineno
+    classes = sorted({r["label"] for r in rows})
+    label_of = {c: i for i, c in enumerate(classes)}
+    names = [pretty_classname(c) for c in classes]
+    check_class_names(names, classes, str(f))
     splits = ([r["split"] for r in rows] if has_split else
               stratified_split(np.array([label_of[r["label"]] for r in rows]), seed=split_seed))
     records = []
@@ -150,10 +255,13 @@ def from_csv(path: str, name: str | None = None, split_seed: int = 0) -> DataSet
         records.append(Record(id=r["path"], label=label_of[r["label"]], split=s, concepts=concepts,
                               domain=(r.get("domain") or None)))
     base = str(f.parent)
-    return DataSet(name=name or f"csv:{f.stem}", classnames=[pretty_classname(c) for c in classes],
-                   records=records, loader=lambda r: open_rgb(os.path.join(base, r.id)),
-                   fingerprint=files_fingerprint(base, [f.name] + [r.id for r in records]),
-                   root=base)
+    ds = DataSet(name=name or f"csv:{f.stem}", classnames=names,
+                 records=records, loader=lambda r: open_rgb(os.path.join(base, r.id)),
+                 fingerprint=files_fingerprint(base, [f.name] + [r.id for r in records]),
+                 root=base)
+    warn_thin_classes(ds, str(f))
+    return ds
+
 
 
 def from_npz(path: str, classnames: list[str] | None = None, name: str | None = None) -> DataSet:

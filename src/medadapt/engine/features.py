@@ -4,13 +4,15 @@ Key = backbone weights hash + transform (+ augmented view) + data set content fi
 owns one safetensors file holding the features of every item encoded so far, with the item ids in
 its metadata; new items are encoded and merged in, so train subsets of other seeds and the shared
 test set are encoded once and reused across methods and seeds. A changed file (size / mtime /
-bytes) changes the fingerprint and so the key.
+bytes) changes the fingerprint and so the key (see :func:`medadapt.data.dataset.files_fingerprint`
+and docs/safety.md for what is guaranteed). A damaged cache file is detected, reported and rebuilt.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -87,12 +89,32 @@ class FeatureCache:
             h.update(part.encode())
         return h.hexdigest()[:32]
 
-    def _load(self, path: Path) -> tuple[dict[str, int], torch.Tensor | None]:
+    def _load(self, path: Path, dim: int | None = None) -> tuple[dict[str, int], torch.Tensor | None]:
+        """The cached ids and features; a truncated, empty or foreign file is reported on stderr,
+        removed and rebuilt (never a permanent failure)."""
         if not path.exists():
             return {}, None
-        with safe_open(str(path), framework="pt") as f:
-            ids = json.loads(f.metadata()["ids"])
-            feats = f.get_tensor("features")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                ids = json.loads((f.metadata() or {})["ids"])
+                feats = f.get_tensor("features")
+            if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+                raise ValueError("ids are not a list of strings")
+            if feats.ndim != 2 or feats.shape[0] != len(ids) or len(set(ids)) != len(ids):
+                raise ValueError(f"{feats.shape[0] if feats.ndim else 0} rows for {len(ids)} ids")
+            if dim is not None and feats.shape[1] != dim:
+                raise ValueError(f"feature size {feats.shape[1]}, expected {dim}")
+            if not torch.isfinite(feats).all():
+                raise ValueError("non-finite values")
+        except Exception as e:  # SafetensorError, KeyError, JSONDecodeError, OSError, ...
+            print(f"medadapt: warning: feature cache file {path} is damaged "
+                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                  "removing it and re-encoding", file=sys.stderr)
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return {}, None
         return {k: i for i, k in enumerate(ids)}, feats
 
     def encode(self, backbone, ds: DataSet, idx: Sequence[int], view: int = 0,
@@ -102,7 +124,7 @@ class FeatureCache:
         (unreadable images, only with ``skip_bad``)."""
         idx = list(idx)
         path = self.root / f"{self.key(backbone, ds, view)}.safetensors"
-        pos, cached = self._load(path) if self.enabled else ({}, None)
+        pos, cached = self._load(path, backbone.embed_dim) if self.enabled else ({}, None)
         ids = [ds.records[i].id for i in idx]
         missing = [j for j, k in enumerate(ids) if k not in pos]
         new_feats: dict[int, torch.Tensor] = {}

@@ -3,7 +3,10 @@
 Run folder: ``config.yaml``, ``classes.json``, and per seed ``fewshot.json``, ``results.json``,
 ``params.safetensors``, ``log.txt`` (in ``seed<N>/`` when several seeds, plus ``summary.json``).
 Every input is validated (data set, backbone, class texts, K shots for every seed) before the folder
-is created; a user error after that removes what this call created, so nothing is half-written.
+is created; any failure after that (not only a user error) removes what this call created, so
+nothing is half-written; ``--overwrite`` builds beside the old run and swaps on success, ``--resume``
+refuses another config, and one process at a time holds a run folder (:mod:`medadapt.engine.rundir`,
+docs/safety.md). An interrupted run (Ctrl-C, SIGKILL) is kept for ``--resume``.
 """
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 import medadapt
 from medadapt.config import DEFAULTS, deep_update, dump_yaml, load_yaml
@@ -28,6 +33,8 @@ from medadapt.data.fewshot import (base_novel_split, fraction_subset, ids_to_ind
 from medadapt.data.sources import load_dataset
 from medadapt.data.texts import ClassTexts, load_class_texts, shipped_descriptions
 from medadapt.engine.features import FeatureCache
+from medadapt.engine.rundir import (check_not_data_folder, check_out_dir, config_diff,  # noqa: F401
+                                    is_run_folder, run_lock)
 from medadapt.engine.train import Engine, Split
 from medadapt.errors import UserError
 from medadapt.methods import Batch, Method, get_method
@@ -50,7 +57,7 @@ def set_seed(seed: int) -> None:
 
 
 def atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
     os.replace(tmp, path)
 
@@ -79,6 +86,9 @@ class RunLog:
 # ------------------------------------------------------------------------------------------------
 def resolve(cfg: dict) -> dict:
     """Fill defaults (global, then the method's paper defaults) under the user's settings."""
+    from medadapt.config import check_top_level, normalise, train_schema, validate
+    cfg = normalise(cfg)
+    check_top_level(cfg)
     user = cfg
     cfg = deep_update(DEFAULTS, cfg)
     for key in ("backbone", "dataset"):
@@ -87,18 +97,24 @@ def resolve(cfg: dict) -> dict:
     name = (cfg.get("method") or {}).get("name")
     if not name:
         raise UserError("missing --method (see `medadapt methods`)")
+    if not isinstance(name, str):
+        raise UserError(f"method.name must be a method name, got {name!r}")
     cls = get_method(name)
     if cfg["protocol"] not in ("few-shot", "base-to-novel", "cross-domain"):
         raise UserError(f"unknown protocol {cfg['protocol']!r}; valid: few-shot, base-to-novel, "
                         "cross-domain")
+    if not isinstance(cfg["shots"], int) or isinstance(cfg["shots"], bool):
+        raise UserError(f"shots must be an integer >= 0 (0 = all images), got {cfg['shots']!r}")
     shots = None if cfg["data"].get("fraction") else int(cfg["shots"])
     d = cls.resolved_defaults(shots, cfg["protocol"])  # the paper's, shot/protocol-dependent
     cfg["method"] = {**d["method"], **cfg["method"]}
     cfg["train"] = {**d["train"], **(cfg.get("train") or {})}
     cfg["data"] = {**d["data"], **((user.get("data") or {}) if isinstance(user.get("data"), dict)
                                    else {})}
+    from medadapt.engine.train import TRAIN_DEFAULTS
     if not cfg["seeds"]:
         raise UserError("give at least one seed")
+    validate(cfg, cls.defaults, train_schema(TRAIN_DEFAULTS, cls.train_defaults))
     from medadapt.engine.features import autocast_dtype
     autocast_dtype(cfg["data"].get("precision", "auto"), "cpu")  # validates the name
     return cfg
@@ -173,38 +189,112 @@ class Runner:
 
     def run(self) -> dict:
         out = self.out
-        if out.exists() and any(out.iterdir()) and not (self.overwrite or self.resume):
-            raise UserError(f"run folder {out} already exists; pass --overwrite to replace it or "
-                            "--resume to continue it")
+        check_out_dir(out)
+        from medadapt.data.dataset import pixel_limit
+        missing = []  # parent folders this call creates (removed again if it fails)
+        p = out.parent
+        while not p.exists() and p.parent != p:
+            missing.append(p)
+            p = p.parent
+        try:
+            with run_lock(out), pixel_limit(self.cfg["data"].get("max_image_pixels")):
+                return self._run_locked(out)
+        except BaseException:
+            for d in missing:  # deepest first; only if still empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+            raise
+
+    def _run_locked(self, out: Path) -> dict:
+        exists = out.exists() and any(out.iterdir())
+        if exists and not (self.overwrite or self.resume):
+            state = "an unfinished medadapt run" if is_run_folder(out, strict=False) else "files"
+            raise UserError(f"run folder {out} already exists and holds {state}; pass --resume to "
+                            "continue a run or --overwrite to replace one (or choose another --out)")
+        if exists and self.overwrite and not is_run_folder(out):
+            raise UserError(f"--overwrite refused: {out} is not a medadapt run folder (no "
+                            "config.yaml + classes.json / results.json); nothing was deleted")
+        if exists and self.resume:
+            if not is_run_folder(out, strict=False):
+                raise UserError(f"--resume refused: {out} is not a medadapt run folder (no "
+                                "config.yaml + classes.json / results.json)")
+            self._check_resume_config(out)
         prep = Prepared(self.cfg, self.quiet)
+        check_not_data_folder(out, prep.ds)
+        if exists and self.resume:
+            stored = (load_yaml(out / "config.yaml").get("classnames") or None)
+            if stored is not None and list(stored) != list(prep.ds.classnames):
+                raise UserError(f"--resume refused: the classes of {self.cfg['dataset']} changed "
+                                f"since {out} was started ({len(stored)} then, "
+                                f"{prep.ds.num_classes} now); use another --out or --overwrite")
         device = pick_device(self.cfg["device"])
         from medadapt.backbones import load_backbone
         backbone = load_backbone(self.cfg["backbone"], device=device)
+        if exists and self.overwrite:
+            # build the new run beside the old one; swap only when it has succeeded
+            work = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+            old = None
+            try:
+                res = self._write(prep, backbone, work, out)
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, old / "run")
+                try:
+                    os.replace(work, out)
+                except BaseException:
+                    os.replace(old / "run", out)  # put the old run back
+                    raise
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                if old is not None and not (old / "run").exists():
+                    shutil.rmtree(old, ignore_errors=True)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+            return res
         created = not out.exists()
-        if out.exists() and self.overwrite:
-            shutil.rmtree(out)
-            created = True
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            cfg = dict(self.cfg, classnames=list(prep.ds.classnames))
-            dump_yaml(cfg, out / "config.yaml")
-            atomic_json(out / "classes.json", {"classnames": prep.texts.classnames,
-                                               "train_classnames": [prep.ds.classnames[c] for c in
-                                                                    prep.train_classes],
-                                               "templates": prep.texts.templates,
-                                               "descriptions": prep.texts.descriptions})
-            seeds = self.cfg["seeds"]
-            results = []
-            for seed in seeds:
-                sdir = out / f"seed{seed}" if len(seeds) > 1 else out
-                results.append(self._run_seed(prep, backbone, seed, sdir))
-            if len(seeds) > 1:
-                atomic_json(out / "summary.json", summarise(results))
-            return {"results": results, "out": str(out)}
-        except UserError:
+            return self._write(prep, backbone, out, out)
+        except KeyboardInterrupt:
+            raise  # an interrupted run stays for --resume
+        except BaseException:
+            # any failure (not only a UserError): remove what this call created
             if created:
                 shutil.rmtree(out, ignore_errors=True)
+            elif not exists and out.exists():  # it was an empty folder: empty it again
+                for child in out.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
             raise
+
+    def _check_resume_config(self, out: Path) -> None:
+        try:
+            stored = load_yaml(out / "config.yaml")
+        except UserError as e:
+            raise UserError(f"--resume refused: {e}") from None
+        diff = config_diff(stored, self.cfg)
+        if diff:
+            raise UserError(f"--resume refused: {out} was run with another config (differs in: "
+                            f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}); use another "
+                            "--out or --overwrite")
+
+    def _write(self, prep: Prepared, backbone, folder: Path, out: Path) -> dict:
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = dict(self.cfg, classnames=list(prep.ds.classnames))
+        dump_yaml(cfg, folder / "config.yaml.tmp")
+        os.replace(folder / "config.yaml.tmp", folder / "config.yaml")
+        atomic_json(folder / "classes.json", {"classnames": prep.texts.classnames,
+                                              "train_classnames": [prep.ds.classnames[c] for c in
+                                                                   prep.train_classes],
+                                              "templates": prep.texts.templates,
+                                              "descriptions": prep.texts.descriptions})
+        seeds = self.cfg["seeds"]
+        results = []
+        for seed in seeds:
+            sdir = folder / f"seed{seed}" if len(seeds) > 1 else folder
+            results.append(self._run_seed(prep, backbone, seed, sdir))
+        if len(seeds) > 1:
+            atomic_json(folder / "summary.json", summarise(results))
+        return {"results": results, "out": str(out)}
 
     # --------------------------------------------------------------------------------------------
     def _split(self, prep: Prepared, backbone, idx: list[int], class_map: dict[int, int],
@@ -372,40 +462,106 @@ def summarise(results: list[dict]) -> dict:
 def _seed_dirs(run: Path) -> list[Path]:
     if (run / "results.json").exists():
         return [run]
-    dirs = sorted(d for d in run.glob("seed*") if (d / "results.json").exists())
+    dirs = sorted((d for d in run.glob("seed*") if (d / "results.json").exists()),
+                  key=lambda d: (len(d.name), d.name))
     if not dirs:
-        raise UserError(f"{run} is not a finished medadapt run (no results.json)")
+        raise UserError(f"{run} is not a finished medadapt run (no results.json); finish it with "
+                        "`medadapt fit ... --resume`")
     return dirs
 
 
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path.parent} is not a finished medadapt run (no {path.name}); "
+                        "finish it with `medadapt fit ... --resume`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: {what} is not valid JSON ({e}); the run is damaged, re-run it") from None
+
+
 def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"):
-    """Rebuild the backbone and the trained method of a run folder."""
+    """Rebuild the backbone and the trained method of a run folder; a missing, half-written or
+    damaged file is a one-line ``UserError``."""
     run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run folder not found: {run}")
     if not (run / "config.yaml").exists():
         raise UserError(f"{run} is not a medadapt run folder (no config.yaml)")
     cfg = load_yaml(run / "config.yaml")
-    classes = json.loads((run / "classes.json").read_text())
-    texts = ClassTexts(classes["classnames"], classes["templates"], classes["descriptions"])
+    for key in ("backbone", "method", "dataset"):
+        if not cfg.get(key):
+            raise UserError(f"{run}/config.yaml is damaged (no {key})")
+    classes = _read_json(run / "classes.json", "classes.json")
+    try:
+        texts = ClassTexts(classes["classnames"], classes["templates"], classes["descriptions"])
+    except (KeyError, TypeError):
+        raise UserError(f"{run}/classes.json is damaged (missing classnames / templates)") from None
     sdir = seed_dir or _seed_dirs(run)[0]
     from medadapt.backbones import load_backbone
     backbone = load_backbone(cfg["backbone"], device=pick_device(device))
     cls = get_method(cfg["method"]["name"])
-    res = json.loads((sdir / "results.json").read_text())
+    res = _read_json(sdir / "results.json", "results.json")
     train_names = classes.get("train_classnames") or texts.classnames
-    if "train_classnames" not in classes and res["protocol"] == "base-to-novel":
+    if "train_classnames" not in classes and res.get("protocol") == "base-to-novel":
         base, _ = base_novel_split(texts.classnames, cfg["data"].get("base"), cfg["data"].get("novel"))
         train_names = [texts.classnames[i] for i in base]
-    set_seed(int(res["seed"]))
+    set_seed(int(res.get("seed", 1)))
     method = cls(backbone, texts.for_classes(train_names), cfg["method"]).to(backbone.device)
-    method.load_learned_state_dict(load_file(str(sdir / "params.safetensors")))
+    params = sdir / "params.safetensors"
+    if not params.exists():
+        raise UserError(f"{sdir} has no params.safetensors; the run is incomplete, re-run it")
+    try:
+        state = load_file(str(params))
+        method.load_learned_state_dict(state)
+    except Exception as e:  # SafetensorError (truncated), RuntimeError (shape mismatch) ...
+        raise UserError(f"{params} is damaged or does not match the run's method "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        "re-run it") from None
     method.eval()
     return cfg, texts, backbone, method, sdir
 
 
 def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = True,
                  quiet: bool = False) -> dict:
-    cfg, texts, backbone, method, sdir = load_run(run)
-    ds = load_dataset(dataset or cfg["dataset"], **(dataset_options(cfg) if not dataset else {}))
+    """Evaluate every seed of a run; ``metrics`` is the first seed's (backward compatible),
+    ``seeds`` holds each seed's and ``summary`` the mean and std over seeds."""
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        load_run(run)  # raises the one-line error
+    dirs = _seed_dirs(run)
+    try:
+        wanted = load_yaml(run / "config.yaml").get("seeds") or []
+    except UserError:
+        wanted = []
+    if len(wanted) > len(dirs):
+        print(f"medadapt: warning: {run}: only {len(dirs)} of {len(wanted)} seeds are finished; "
+              "evaluating those (finish the others with `medadapt fit ... --resume`)",
+              file=sys.stderr)
+    per = []
+    memo: dict = {}
+    for d in dirs:
+        per.append(_evaluate_seed(run, d, dataset, progress, memo))
+    out = dict(per[0])
+    out["seeds"] = [{"seed": p["seed"], "seed_dir": p["seed_dir"], "metrics": p["metrics"]}
+                    for p in per]
+    if len(per) > 1:
+        out["summary"] = {}
+        for k in CORE_METRICS:
+            vals = [p["metrics"].get(k) for p in per if p["metrics"].get(k) is not None]
+            if vals:
+                out["summary"][k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
+                                     "values": vals}
+    return out
+
+
+def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, memo: dict) -> dict:
+    cfg, texts, backbone, method, sdir = load_run(run, sdir)
+    seed = _read_json(sdir / "results.json", "results.json").get("seed")
+    spec = dataset or cfg["dataset"]
+    if spec not in memo:
+        memo[spec] = load_dataset(spec, **(dataset_options(cfg) if not dataset else {}))
+    ds = memo[spec]
     names = method.texts.classnames
     lower = {c.lower(): i for i, c in enumerate(ds.classnames)}
     if all(n.lower() in lower for n in names):
@@ -428,51 +584,110 @@ def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = T
         split = Split(ds, idx, torch.tensor([cmap[ds.records[i].label] for i in idx]), feats)
     logits = eng.logits(method, split)
     m = classification_metrics(split.labels.numpy(), logits.numpy(), [ds.classnames[c] for c in classes])
-    out = {"run": str(run), "seed_dir": str(sdir), "dataset": dataset or cfg["dataset"], "metrics": m}
-    return out
+    return {"run": str(run), "seed_dir": str(sdir), "seed": seed,
+            "dataset": dataset or cfg["dataset"], "metrics": m}
 
 
-def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None,
-                  batch_size: int = 32) -> Path:
-    """Class probabilities per image -> CSV (path, predicted class, one column per class)."""
-    from medadapt.data.dataset import open_rgb
-    from medadapt.data.sources import IMAGE_EXTS
+def predict_inputs(inputs: list[str]) -> list[Path]:
+    """Image files from files and folders; hidden files and folders (``.name``) are skipped, as
+    ``folder:`` data sets skip them."""
+    from medadapt.data.sources import IMAGE_EXTS, visible_images
     files: list[Path] = []
     for s in inputs:
         p = Path(s)
         if not p.exists():
             raise UserError(f"image or folder not found: {p}")
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+            files += visible_images(p)
         else:
             files.append(p)
     if not files:
-        raise UserError("no images found in the given inputs")
-    images = [open_rgb(str(f)) for f in files]  # validates every image before writing anything
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found in the given inputs")
+    return files
+
+
+def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None,
+                  batch_size: int = 32, skip_bad: bool = False, progress: bool = False,
+                  max_image_pixels: int | None = None) -> Path:
+    """Class probabilities per image -> CSV (path, predicted class, one column per class).
+
+    Images are decoded, encoded and written one batch at a time, so memory stays flat in the
+    number of inputs. With ``skip_bad`` an unreadable image gets a row with an empty prediction
+    and the reason in the ``error`` column; without it the first one ends the command and nothing
+    is written. The CSV is written to a unique temporary file beside ``out`` and renamed into
+    place only when complete; an existing file is replaced only then.
+    """
+    from medadapt.data.dataset import open_rgb, pixel_limit
+    files = predict_inputs(inputs)
+    out = Path(out_csv) if out_csv else Path(run) / "predictions.csv"
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a CSV file name")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: folder {out.parent} is not writable")
     cfg, texts, backbone, method, sdir = load_run(run)
     names = method.texts.classnames
-    rows = []
-    extras_all = []
-    with torch.no_grad():
-        for s in range(0, len(images), batch_size):
-            xs = torch.stack([backbone.preprocess(im) for im in images[s:s + batch_size]]).to(backbone.device)
-            if method.needs_images:
-                batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long), images=xs)
-            else:
-                batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long),
-                              features=backbone.encode_image(xs, normalize=False))
-            prob = torch.softmax(method(batch).float(), dim=-1).cpu().numpy()
-            rows += prob.tolist()
-            ex = method.extra_predictions(batch)
-            extras_all += ex.get("rows", [{}] * len(xs))
-    out = Path(out_csv) if out_csv else Path(run) / "predictions.csv"
-    extra_cols = sorted({k for e in extras_all for k in e})
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "prediction"] + [f"p({n})" for n in names] + extra_cols)
-        for f, p, e in zip(files, rows, extras_all):
-            w.writerow([str(f), names[int(np.argmax(p))]] + [f"{v:.6f}" for v in p]
-                       + [e.get(k, "") for k in extra_cols])
-    os.replace(tmp, out)
+    limit = max_image_pixels or (cfg.get("data") or {}).get("max_image_pixels")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = Path(tmp_name)
+    n_bad = 0
+    try:
+        with os.fdopen(fd, "w", newline="") as fh, pixel_limit(limit), torch.no_grad():
+            w = csv.writer(fh)
+            header = None
+            pending: list[tuple[Path, str]] = []
+            for s in tqdm(range(0, len(files), batch_size), disable=not progress, desc="predict"):
+                chunk = files[s:s + batch_size]
+                ok, imgs, errors = [], [], {}
+                for f in chunk:
+                    try:
+                        imgs.append(backbone.preprocess(open_rgb(str(f))))
+                        ok.append(f)
+                    except UserError as e:
+                        if not skip_bad:
+                            raise
+                        errors[f] = str(e)
+                probs, extras = [], []
+                if imgs:
+                    xs = torch.stack(imgs).to(backbone.device)
+                    del imgs
+                    if method.needs_images:
+                        batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long), images=xs)
+                    else:
+                        batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long),
+                                      features=backbone.encode_image(xs, normalize=False))
+                    probs = torch.softmax(method(batch).float(), dim=-1).cpu().numpy().tolist()
+                    extras = method.extra_predictions(batch).get("rows") or [{}] * len(xs)
+                if header is None and (ok or s + batch_size >= len(files)):
+                    # extra columns are fixed by the method: take them from the first good batch
+                    extra_cols = sorted({k for e in extras for k in e})
+                    header = ["path", "prediction"] + [f"p({n})" for n in names] + extra_cols
+                    if skip_bad:
+                        header.append("error")
+                    w.writerow(header)
+                    for f, why in pending:  # bad files met before the header was known
+                        w.writerow([str(f), ""] + [""] * (len(names) + len(extra_cols)) + [why])
+                    pending = []
+                pos = {f: j for j, f in enumerate(ok)}
+                for f in chunk:
+                    if f in errors:
+                        n_bad += 1
+                        if header is None:
+                            pending.append((f, errors[f]))
+                        else:
+                            w.writerow([str(f), ""] + [""] * (len(names) + len(extra_cols))
+                                       + [errors[f]])
+                        continue
+                    p, e = probs[pos[f]], extras[pos[f]]
+                    row = [str(f), names[int(np.argmax(p))]] + [f"{v:.6f}" for v in p] + \
+                        [e.get(k, "") for k in extra_cols]
+                    w.writerow(row + ([""] if skip_bad else []))
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if n_bad:
+        print(f"medadapt: {n_bad} unreadable image(s) skipped; see the 'error' column of {out}",
+              file=sys.stderr)
     return out

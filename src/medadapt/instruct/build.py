@@ -38,6 +38,29 @@ from medadapt.instruct.export import EXPORTERS
 from medadapt.instruct.records import BadItem, Record, validate, write_json, write_jsonl
 from medadapt.instruct.sources import run_source
 
+# keys every source takes; the adapter's own come from its registered option help
+_SOURCE_KEYS = {"kind", "path", "name", "limit", "split"}
+_CLASS_KEYS = {"labels", "limit_per_class", "options_in_prompt", "answer_template"}
+
+
+def check_source_keys(spec: dict) -> None:
+    """Refuse a source key the adapter does not read (a typo would pass silently)."""
+    import difflib
+
+    from medadapt.instruct.sources import ADAPTERS, OPTIONS
+    kind = spec.get("kind")
+    if kind not in ADAPTERS:
+        return  # run_source names the valid kinds
+    allowed = _SOURCE_KEYS | set(re.findall(r"([A-Za-z_]\w*)=", OPTIONS.get(kind, "")))
+    if kind.startswith("class-"):
+        allowed |= _CLASS_KEYS
+    for k in spec:
+        if k not in allowed:
+            close = difflib.get_close_matches(str(k), sorted(allowed), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"source {kind!r}: unknown key {k!r}{hint} (valid: "
+                            f"{', '.join(sorted(allowed))})")
+
 SPLITS = ("train", "val", "test")
 
 
@@ -125,8 +148,13 @@ def assign_splits(records: list[Record], fractions: dict[str, float], seed: int,
     record), stratified by class, in the given proportions.
     """
     bad = set(fractions) - set(SPLITS)
-    if bad or any(v < 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
-        raise UserError(f"split must give non-negative fractions for {', '.join(SPLITS)}; got {fractions}")
+    if bad or any(not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1
+                  for v in fractions.values()) or sum(fractions.values()) <= 0:
+        raise UserError(f"split must give fractions in [0, 1] for {', '.join(SPLITS)}; got {fractions}")
+    total = sum(fractions.values())
+    if abs(total - 1.0) > 1e-6:
+        raise UserError(f"split fractions must add up to 1 (e.g. 0.8,0.1,0.1); "
+                        f"{', '.join(f'{k} {v:g}' for k, v in fractions.items())} add up to {total:g}")
     total = sum(fractions.values())
     frac = {s: fractions.get(s, 0.0) / total for s in SPLITS}
     by_source: dict[str, list[list[Record]]] = defaultdict(list)
@@ -207,6 +235,11 @@ def build(cfg: BuildConfig, out: str | Path, overwrite: bool = False) -> dict[st
     fixed: dict[str, str] = {}
     label_sets: dict[str, Any] = {}
     names = set()
+    for spec in cfg.sources:
+        if not isinstance(spec, dict):
+            raise UserError(f"a source must be a mapping of key=value settings, got {spec!r}")
+        check_source_keys(spec)
+    assign_splits([], cfg.split, cfg.seed, {})  # validates the fractions before any work
     for spec in cfg.sources:
         spec = dict(spec)
         name, res = run_source(spec, random.Random(f"{cfg.seed}:{spec.get('name', spec.get('path'))}"))

@@ -146,7 +146,16 @@ def evaluate(models: list[str], data: str | Path, out: str | Path, cfg: EvalConf
         p = Path(path)
         if not p.is_file():
             raise UserError(f"results file not found: {p}")
-        all_metrics.append(json.loads(p.read_text()))
+        try:
+            m = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"--results {p}: not valid JSON ({e})") from None
+        if not (isinstance(m, dict) and isinstance(m.get("model"), str)
+                and isinstance(m.get("results"), dict)
+                and all(isinstance(r, dict) and "task" in r for r in m["results"].values())):
+            raise UserError(f"--results {p}: not a metrics.json written by `medadapt instruct "
+                            "eval` (needs 'model' and 'results' with a 'task' per entry)")
+        all_metrics.append(m)
     if models:
         f = eval_file(data, cfg.split)
         skipped: dict[str, int] = {}

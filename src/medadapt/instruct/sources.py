@@ -282,7 +282,12 @@ def _llava_record(obj: Any, where: str, img_dir: Path) -> Record | BadItem:
         role = turn.get("from", turn.get("role")) if isinstance(turn, dict) else None
         if role not in LLAVA_ROLES:
             return BadItem(where, f"unknown role {role!r} (expected human or gpt)", "unknown_role")
-        msgs.append({"role": LLAVA_ROLES[role], "content": str(turn.get("value", turn.get("content", "")))})
+        value = turn.get("value", turn.get("content"))
+        if value is None:  # a missing or null turn is bad input, never the string "None"
+            what = "answer" if LLAVA_ROLES[role] == "assistant" else "question"
+            return BadItem(where, f"missing or null {what}",
+                           "empty_answer" if what == "answer" else "empty_message")
+        msgs.append({"role": LLAVA_ROLES[role], "content": str(value)})
     images = obj.get("image") or obj.get("images") or []
     images = [images] if isinstance(images, str) else list(images)
     images = [str(p) if Path(p).is_absolute() else str((img_dir / p).resolve()) for p in images]

@@ -147,10 +147,15 @@ def _as_list(v, what: str) -> list | None:
     if v is None:
         return None
     if isinstance(v, (int, float, str)):
-        return [v]
-    if isinstance(v, list) and v:
-        return v
-    raise UserError(f"{what} must be a value or a non-empty list, got {v!r}")
+        v = [v]
+    if not (isinstance(v, list) and v):
+        raise UserError(f"{what} must be a value or a non-empty list, got {v!r}")
+    for x in v:  # shots / seeds: integers; fractions: numbers (never a traceback from int())
+        if what in ("shots", "seeds") and (isinstance(x, bool) or not isinstance(x, int)):
+            raise UserError(f"{what} must be integers, got {x!r}")
+        if what == "fractions" and (isinstance(x, bool) or not isinstance(x, (int, float))):
+            raise UserError(f"fractions must be numbers in (0, 1], got {x!r}")
+    return v
 
 
 def _entries(kind: str, items, base_dir: Path | None) -> list[Entry]:

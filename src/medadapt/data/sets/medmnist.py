@@ -38,6 +38,17 @@ MEDMNIST_CLASSES: dict[str, list[str]] = {
 }
 
 
+def check_image_array(path: Path, split: str, imgs) -> None:
+    """An npz image array must be N x H x W, N x H x W x 1/3 or channel-first N x 1/3 x H x W."""
+    shape = tuple(getattr(imgs, "shape", ()))
+    ok = len(shape) == 3 or (len(shape) == 4 and (shape[-1] in (1, 3, 4) or shape[1] in (1, 3, 4)))
+    if not ok:
+        raise UserError(f"{path}: {split}_images has shape {shape}; expected N x H x W, "
+                        "N x H x W x 1/3 or N x 1/3 x H x W")
+    if getattr(imgs, "dtype", np.dtype("u1")).kind not in "uifb":
+        raise UserError(f"{path}: {split}_images has type {imgs.dtype}; expected numbers")
+
+
 def npz_records(path: Path, arrays: dict) -> list[Record]:
     """Records of a MedMNIST-layout npz (``{split}_images`` / ``{split}_labels``), checked."""
     splits = [s for s in ("train", "val", "test") if f"{s}_images" in arrays]
@@ -50,9 +61,18 @@ def npz_records(path: Path, arrays: dict) -> list[Record]:
         if labels.ndim == 2 and labels.shape[1] > 1:
             raise UserError(f"{path}: multi-label npz ({s}_labels shape {labels.shape}) is not "
                             "supported for single-label classification")
+        if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+            raise UserError(f"{path}: {s}_labels holds non-integer values; labels must be class "
+                            "indices 0..C-1")
         labels = labels.reshape(-1).astype(np.int64)
         if len(imgs) != len(labels):
             raise UserError(f"{path}: {s}_images and {s}_labels differ in length")
+        neg = int((labels < 0).sum())
+        if neg:
+            raise UserError(f"{path}: {neg} record(s) of {s}_labels are negative (e.g. -1 for "
+                            "unlabelled); labels must be class indices 0..C-1; drop those "
+                            "records first")
+        check_image_array(path, s, imgs)
         records += [Record(id=f"{s}/{i}", label=int(y), split=s) for i, y in enumerate(labels)]
     return records
 

@@ -1,0 +1,132 @@
+"""Run-folder safety: what ``fit`` may write, overwrite and resume (docs/safety.md).
+
+- :func:`is_run_folder`: the marker of a folder medadapt wrote (``--overwrite`` only replaces those);
+- :func:`check_out_dir` / :func:`check_not_data_folder`: ``--out`` must be a writable folder
+  outside the data set;
+- :class:`run_lock`: one writer per run folder (``flock``; a killed holder leaves no stale lock);
+- :func:`config_diff`: the keys that differ between a stored and a new config (``--resume``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medadapt.data.dataset import DataSet
+from medadapt.errors import UserError
+
+RUN_MARKERS = ("classes.json", "results.json", "summary.json")
+# settings that may change between an interrupted run and its --resume
+RESUME_IGNORED = ("device", "classnames", "data.workers", "data.batch_size", "train.workers",
+                  "data.skip_bad", "data.max_image_pixels")
+
+
+def is_run_folder(path: Path, strict: bool = True) -> bool:
+    """A folder medadapt wrote: a config.yaml naming a method and a backbone, plus (``strict``)
+    classes.json, results.json or summary.json. ``--resume`` accepts a run killed right after
+    writing its config.yaml (``strict=False``); ``--overwrite`` wants the full marker."""
+    cfg = path / "config.yaml"
+    if not cfg.is_file() or (strict and not any((path / m).is_file() for m in RUN_MARKERS)):
+        return False
+    try:
+        import yaml
+        data = yaml.safe_load(cfg.read_text())
+    except Exception:
+        return False
+    return isinstance(data, dict) and "method" in data and "backbone" in data
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be (or become) a writable directory."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    p = out
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {out}: {p} is a file, so no folder can be created under it")
+    if p.exists() and not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {p} is not writable")
+
+
+def check_not_data_folder(out: Path, ds: DataSet) -> None:
+    """Refuse a run folder that is, or contains, the data set's own folder."""
+    if not ds.root:
+        return
+    o, r = out.resolve(), Path(ds.root).resolve()
+    if o == r or o in r.parents:
+        raise UserError(f"--out {out} is or contains the data set folder {ds.root}; choose a run "
+                        "folder outside your data")
+    if ds.meta.get("folders") is not None and r in o.parents:  # folder: one sub-folder per class
+        raise UserError(f"--out {out} lies inside the class-folder data set {ds.root} (it would "
+                        "become a class); choose a run folder outside your data")
+
+
+class run_lock:
+    """An exclusive lock on a run folder (``flock`` on a sibling ``.NAME.lock`` file): a second
+    process writing to the same ``--out`` refuses at once. The kernel drops the lock when the
+    holder dies, so a SIGKILLed run never leaves a stale lock behind."""
+
+    def __init__(self, out: Path):
+        self.path = out.parent / f".{out.name}.lock"
+        self.out = out
+        self.fh = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fh = open(self.path, "a+")
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise UserError(f"run folder {self.out} is in use by another medadapt process "
+                                "(wait for it to finish or choose another --out)") from None
+            try:  # the holder before us may have removed the file between our open and flock
+                same = os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fh = fh
+                return self
+            fh.close()
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            try:
+                self.path.unlink(missing_ok=True)  # while still held
+            except OSError:
+                pass
+            self.fh.close()
+        return False
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(stored: dict, wanted: dict) -> list[str]:
+    """Dotted keys whose values differ between a stored and a new resolved config."""
+    import yaml
+    a = _flat(yaml.safe_load(yaml.safe_dump(stored)))
+    b = _flat(yaml.safe_load(yaml.safe_dump(wanted)))
+    # a key the stored config lacks comes from a newer medadapt (it resolves every key): not a diff
+    diff = [k for k in sorted(set(a) | set(b))
+            if not any(k == i or k.startswith(i + ".") for i in RESUME_IGNORED + ("seeds",))
+            and k in a and a.get(k) != b.get(k)]
+    old, new = list(stored.get("seeds") or []), list(wanted.get("seeds") or [])
+    if old != new and (len(old) > 1) != (len(new) > 1):
+        diff.append("seeds (single-seed vs several-seed folder layout)")
+    return diff
