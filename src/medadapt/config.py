@@ -288,7 +288,8 @@ def validate(cfg: dict, method_defaults: dict, train_schema: dict) -> None:
     _check_section("method", method, _schema_of(method_defaults), "method", nullable_all=True)
 
 
-_DATA_NULLABLE = {"fraction", "base", "novel", "train_domain", "max_image_pixels"}
+_DATA_NULLABLE = {"fraction", "base", "novel", "train_domain", "max_image_pixels", "split_file",
+                  "options"}
 
 
 def _check_data(d: dict) -> None:
