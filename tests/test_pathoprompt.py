@@ -268,3 +268,33 @@ def test_fit_cli(tmp_path, shared_data, backbone):
     assert r["method"] == "pathoprompt" and r["n_trainable_params"] > 0
     hist = r["train_info"]["history"]
     assert all(math.isfinite(h["loss"]) for h in hist)
+
+
+# ------------------------------------------------------------------------------------------------
+# the second reading: the same additions on a multi-modal deep-prompt base (pathoprompt-mm)
+def test_multimodal_base_prompts_both_encoders(hf):
+    from medadapt.errors import UserError
+    m = get_method("pathoprompt-mm")(hf, texts(), {})
+    assert m.needs_images and m.cfg["base"] == "multimodal"
+    g = torch.Generator().manual_seed(0)
+    b = Batch(labels=torch.arange(3), images=torch.randn(3, 3, hf.image_size, hf.image_size,
+                                                         generator=g))
+    with torch.no_grad():  # phi(x) and theta(t_p) are the PROMPTED encoders
+        assert not torch.allclose(m.image_features(b), hf.encode_image(b.images))
+    loss, parts = m.loss(b)
+    assert float(loss.detach()) == pytest.approx(parts["desc"] + parts["align"] + parts["ce"]
+                                                 - parts["pds"], rel=1e-5, abs=1e-5)
+    loss.backward()
+    named = dict(m.named_parameters())
+    for name in ("mm.prompt.ctx", "mm.coupled.couplings.0.weight", "token_enhancer.scale",
+                 "text_adaptor.up.weight", "image_adaptor.up.weight"):
+        assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
+    for n, p in m.backbone.named_parameters():
+        assert not p.requires_grad and p.grad is None, n
+    m.eval()
+    with torch.no_grad():
+        assert m(b).shape == (3, 3)
+    with pytest.raises(UserError, match="pathoprompt-mm"):
+        method(hf, base="multimodal")
+    with pytest.raises(UserError, match="--method pathoprompt"):
+        get_method("pathoprompt-mm")(hf, texts(), {"base": "text"})

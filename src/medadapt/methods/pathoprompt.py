@@ -67,6 +67,7 @@ not given; we use CoOp's 50 epochs / batch 32, ``s = 4`` and weight 1 for every 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -260,7 +261,14 @@ class PathoPrompt(Method):
     paper = ("Huang et al., PathoPrompt: Cross-Granular Semantic Alignment for Medical Pathology "
              "Vision-Language Models")
     needs_descriptions = True
+    base: ClassVar[str] = "text"  # the reading this registered name implements
     defaults = {
+        # which base the paper's additions sit on (docs/pathoprompt.md, "Two readings"):
+        # text = CoOp context over cached image features (this name); multimodal = MaPLe/CoPrompt
+        # coupled deep prompts in both encoders (``--method pathoprompt-mm``)
+        "base": "text",
+        "mm_n_ctx": 2,  # multimodal base: learned context tokens (MaPLe / CoPrompt: 2)
+        "mm_depth": 9,  # multimodal base: prompt depth of 12 blocks, scaled (MaPLe / CoPrompt: 9)
         # coarse prompt t_p (Table 3)
         "template": "a photo of a {}.",
         "template_preset": None,  # photo | tissue | microscopic | slide (overrides template)
@@ -295,6 +303,11 @@ class PathoPrompt(Method):
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)
         c = self.cfg
+        if c["base"] != self.base:
+            other = {"text": "pathoprompt", "multimodal": "pathoprompt-mm"}.get(c["base"])
+            raise UserError(f"{self.name}: method.base {c['base']!r} is "
+                            + (f"the method `{other}` (--method {other})" if other else
+                               "unknown; valid: text (pathoprompt), multimodal (pathoprompt-mm)"))
         choices = {"enhancement": ("token", "shared", "sentence", "none"),
                    "psi": ("mean", "linear", "none"), "pds_bound": ("unit", "margin", "none"),
                    "pds_reduce": ("sum", "mean"), "pds_images": ("labelled", "batch"),
@@ -309,8 +322,7 @@ class PathoPrompt(Method):
                                 f"{', '.join(TEMPLATE_PRESETS)}, got {c['template_preset']!r}")
             c["template"] = TEMPLATE_PRESETS[c["template_preset"]]
         ctx_words, suffix = split_template(c["template"])
-        self.prompt = PromptLearner(backbone, texts.classnames, ctx_init=ctx_words, suffix=suffix)
-        self.prompt.ctx.requires_grad_(bool(c["learn_ctx"]))
+        self._build_prompt(backbone, texts, ctx_words, suffix)
         D, W = backbone.embed_dim, backbone.text_width
         self.text_adaptor = Adaptor(D, c["adaptor"], c["adaptor_reduction"])
         self.image_adaptor = Adaptor(D, c["adaptor"], c["adaptor_reduction"])
@@ -329,6 +341,11 @@ class PathoPrompt(Method):
         self._bank: tuple[torch.Tensor, torch.Tensor] | None = None  # labelled image features
         self._eval_text: torch.Tensor | None = None
         self._set_descriptions(texts)
+
+    def _build_prompt(self, backbone, texts, ctx_words: str, suffix: str) -> None:
+        """Text base: CoOp's context from the template's words (image encoder untouched)."""
+        self.prompt = PromptLearner(backbone, texts.classnames, ctx_init=ctx_words, suffix=suffix)
+        self.prompt.ctx.requires_grad_(bool(self.cfg["learn_ctx"]))
 
     # --- classes and descriptions ---------------------------------------------------------------
     def _set_descriptions(self, texts) -> None:
@@ -492,3 +509,41 @@ class PathoPrompt(Method):
         pairs = C * (C - 1) / 2 if self.cfg["pds_reduce"] == "sum" else 1.0
         n_mod = 2 if self.cfg["pds_modalities"] == "both" else 1
         return n_mod * pairs * per
+
+
+@register_method("pathoprompt-mm")
+class PathoPromptMM(PathoPrompt):
+    """PathoPrompt on a multi-modal deep-prompt base (the second reading, docs/pathoprompt.md).
+
+    The coarse prompt's context and the image encoder are prompted as in MaPLe / CoPrompt
+    (:class:`~medadapt.methods.maple.MultiModalPrompts`: ``mm_n_ctx`` learned tokens from the
+    template's words, coupled language-to-vision deep prompts to depth ``mm_depth`` of 12, scaled),
+    so ``theta(t_p)`` and ``phi(x)`` in every equation are the PROMPTED encoders; everything else
+    (token enhancement, Eq. 2-8, the adaptors) is the text reading's code. Batches carry pixels.
+    Image prototypes (Eq. 5) come from the batch: re-encoding every labelled image through the
+    prompted encoder at each step is too costly (``pds_images: labelled`` falls back to it)."""
+
+    base: ClassVar[str] = "multimodal"
+    needs_images = True
+    defaults = {**PathoPrompt.defaults, "base": "multimodal", "pds_images": "batch"}
+    train_defaults = {"optimizer": "sgd", "lr": 0.0035, "epochs": 50, "batch_size": 32,
+                      "warmup_epochs": 1, "warmup": "constant", "warmup_lr": 1e-5, "amp": True}
+
+    def _build_prompt(self, backbone, texts, ctx_words: str, suffix: str) -> None:
+        from medadapt.methods.maple import MultiModalPrompts
+        if suffix.strip() not in (".", ""):
+            raise UserError(f"pathoprompt-mm: template {self.cfg['template']!r} must end with "
+                            "'{}.' (the multi-modal prompt puts the class name last)")
+        self.mm = MultiModalPrompts(backbone, texts.classnames, int(self.cfg["mm_n_ctx"]),
+                                    ctx_words, int(self.cfg["mm_depth"]))
+        self.prompt = self.mm.prompt
+        if not self.cfg["learn_ctx"]:
+            self.prompt.ctx.requires_grad_(False)
+
+    def coarse_features(self) -> torch.Tensor:
+        return self.mm.text_features(self.backbone).float()
+
+    def image_features(self, batch: Batch) -> torch.Tensor:
+        if batch.images is None:
+            raise ValueError("pathoprompt-mm prompts the image encoder: batches need pixels")
+        return self.mm.image_features(self.backbone, batch.images).float()
