@@ -18,15 +18,12 @@ Decisions where the papers leave room:
   defaults are CoOp's few-shot config (``configs/trainers/CoOp/rn50.yaml``: SGD lr 0.002, momentum
   0.9, weight decay 5e-4, batch 32, cosine, 1 constant warm-up epoch at 1e-5, 200 epochs).
 
-Why it can sit at zero-shot (the method's own behaviour, not a defect): the residual ratio 0.2
-keeps ``0.8 f`` in the blend, so the adapter must grow before the prediction moves, and the
-cross-entropy gradient that grows it is proportional to the backbone's logit scale. CoOp's lr was
-set for CLIP (logit scale 100). ``synthpath-clip`` has 13.3, so under the same schedule the adapter
-moves ~7.5x less: 16-shot synth-crc stays at zero-shot (65.8%) with the reference settings, and
-the same run with the logit scale set to 100 reaches 74.6% (83% without the final ReLU); see
-docs/methods.md / the report. ``lr_logit_scale_ref: 100`` (off by default) multiplies ``train.lr``
-by ``100 / logit_scale``, an opt-in to give a low-temperature backbone CLIP's step size; on
-backbones whose logit scale is 100 (CLIP, PLIP, QuiltNet) it changes nothing.
+Why it sits at zero-shot on ``synthpath-clip`` (the method's own behaviour, not a defect): the
+residual ratio 0.2 keeps ``0.8 f`` in the blend, so the adapter has to grow before a prediction
+moves, and the cross-entropy gradient that grows it scales with the backbone's logit scale. CoOp's
+lr was set for CLIP (logit scale 100); ``synthpath-clip`` has 13.3. Measured on 16-shot synth-crc
+(docs/adapters.md): the reference settings stay at zero-shot (65.8%); the same run with the logit
+scale forced to 100 reaches 74.6%; with the backbone's own scale it needs lr ~0.1-0.2 (71.9-79.7%).
 """
 from __future__ import annotations
 
@@ -80,8 +77,7 @@ class CLIPAdapter(Method):
     supports_novel = True  # with the image-only adapter the classifier is the text encoder
     defaults = {"adapt": "image",  # image | text | both
                 "reduction": 4, "alpha": 0.2, "learn_alpha": False, "final_relu": True,
-                "normalize_input": False, "text_mode": "template",
-                "lr_logit_scale_ref": None}  # opt-in: train.lr *= ref / logit_scale
+                "normalize_input": False, "text_mode": "template"}
     train_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4,
                       "epochs": 200, "batch_size": 32, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "grad_clip": 0.0}
@@ -92,7 +88,6 @@ class CLIPAdapter(Method):
         "method.final_relu": "clip_adapter.py: Adapter = Linear, ReLU, Linear, ReLU",
         "method.normalize_input": "clip_adapter.py: adapter on raw image_features, normalised after",
         "method.text_mode": "clip_adapter.py: one hand-written template per data set",
-        "method.lr_logit_scale_ref": "ours (opt-in, off): CoOp's lr assumes CLIP's logit scale 100",
         "train.optimizer": "README: 'follow CoOp's command' -> CoOp configs/trainers/CoOp/rn50.yaml",
         "train.lr": "CoOp rn50.yaml (0.002)",
         "train.epochs": "CoOp rn50.yaml (200)",
@@ -118,14 +113,6 @@ class CLIPAdapter(Method):
         self.text_adapter = ResidualAdapter(d, **kw) if c["adapt"] in ("text", "both") else None
         self.register_buffer("text_features", text_features_for(backbone, texts, c["text_mode"]),
                              persistent=False)
-
-    def fit(self, train, val, engine) -> dict:
-        ref = self.cfg["lr_logit_scale_ref"]
-        if ref:
-            s = float(self.backbone.logit_scale)
-            engine.cfg["lr"] = float(engine.cfg["lr"]) * float(ref) / s
-            engine.log(f"clip-adapter: lr scaled by {float(ref)}/{s:.2f} to {engine.cfg['lr']:.4g}")
-        return engine.train(self, train, val)
 
     def set_classes(self, texts) -> None:
         super().set_classes(texts)
