@@ -33,8 +33,8 @@ def texts(names=NAMES, n=5):
                        for c in names})
 
 
-def method(bb, **cfg):
-    return get_method("pathoprompt")(bb, texts(), cfg)
+def method(bb, **cfg):  # the text reading: cached features, fast
+    return get_method("pathoprompt-text")(bb, texts(), cfg)
 
 
 def batch(bb, n=6, seed=0):
@@ -271,10 +271,10 @@ def test_fit_cli(tmp_path, shared_data, backbone):
 
 
 # ------------------------------------------------------------------------------------------------
-# the second reading: the same additions on a multi-modal deep-prompt base (pathoprompt-mm)
+# the default reading: the same additions on a multi-modal deep-prompt base (pathoprompt)
 def test_multimodal_base_prompts_both_encoders(hf):
     from medadapt.errors import UserError
-    m = get_method("pathoprompt-mm")(hf, texts(), {})
+    m = get_method("pathoprompt")(hf, texts(), {})
     assert m.needs_images and m.cfg["base"] == "multimodal"
     g = torch.Generator().manual_seed(0)
     b = Batch(labels=torch.arange(3), images=torch.randn(3, 3, hf.image_size, hf.image_size,
@@ -294,7 +294,7 @@ def test_multimodal_base_prompts_both_encoders(hf):
     m.eval()
     with torch.no_grad():
         assert m(b).shape == (3, 3)
-    with pytest.raises(UserError, match="pathoprompt-mm"):
+    with pytest.raises(UserError, match="--method pathoprompt\\)"):
         method(hf, base="multimodal")
-    with pytest.raises(UserError, match="--method pathoprompt"):
-        get_method("pathoprompt-mm")(hf, texts(), {"base": "text"})
+    with pytest.raises(UserError, match="--method pathoprompt-text"):
+        get_method("pathoprompt")(hf, texts(), {"base": "text"})

@@ -21,7 +21,7 @@ Text side ("dual prompt": template-driven clinical prompt + LLM-driven domain-ad
     normalised frozen features of class c's descriptions (weight ``l1_weight`` = 12.5, the
     derivative code's value);
   - (D3) ``L_KL = KL(softmax(z_teacher / T) || softmax(z / T)) * T^2 / (B*C)``, with the
-    description-based zero-shot logits ``z_teacher = s * cos(f_img^frozen, m)`` (weight
+    description-based zero-shot logits ``z_teacher = s * cos(f_img, m)`` (``teacher_image``) (weight
     ``kl_weight`` = 0.25); ``reduction: numel`` divides by ``B*C`` as the BiomedCoOp/PromptSRC
     code does, ``batchmean`` by ``B``;
   - (D4) ``L = L_CE + 12.5 L_L1 + 0.25 L_KL``.
@@ -33,8 +33,9 @@ BiomedCoOp-based ``BiomedDPT_BiomedCLIP`` trainer, class ``CLIP_Inplanted``): ``
 = torch.zeros(1, 4, 768)`` and ``deep_prompt_embeddings = torch.zeros(12, 4, 768)`` are plain
 tensors, not parameters -- fixed zero vectors in ALL 12 layers that never train
 (``vision_trainable: false``, ``vision_depth: 12`` of 12, ``vision_tokens: 4``). Fixed zero tokens
-still change the image features: they are keys/values in every attention (a zero key gives
-logit 0, so softmax mass moves to them), which is the abstract's "attention re-weighting".
+still change the image features: in a pre-norm block a zero token becomes the LayerNorm's bias,
+one more key/value in every attention that takes softmax mass from the image tokens (the
+abstract's "attention re-weighting").
 ``vision_trainable: true`` makes them parameters (our earlier reading; an option and an ablation).
 Where we deviate from that code: it writes its 4 tokens over patch tokens 1..4 (``cat(x[:, :1],
 prompt, x[:, 1+4:])`` on the un-prompted sequence, so four patches are dropped); we append them
