@@ -555,8 +555,17 @@ class PathoPromptMM(PathoPrompt):
     base: ClassVar[str] = "multimodal"
     needs_images = True
     defaults = {**PathoPrompt.defaults, "base": "multimodal", "pds_images": "batch"}
-    train_defaults = {"optimizer": "sgd", "lr": 0.0035, "epochs": 50, "batch_size": 32,
+    # the paper's SGD lr 0.0035 + fp16 are CoPrompt's released config
+    # (vit_b16_c2_ep5_batch4_2ctx: batch 4, 8 epochs in its few-shot scripts); epochs and batch
+    # are not in the paper, so they follow that config
+    train_defaults = {"optimizer": "sgd", "lr": 0.0035, "epochs": 8, "batch_size": 4,
                       "warmup_epochs": 1, "warmup": "constant", "warmup_lr": 1e-5, "amp": True}
+    sources: ClassVar[dict[str, str]] = {
+        **PathoPrompt.sources,
+        "method.pds_images": "ours: batch prototypes (the prompted encoder is not cached)",
+        "train.epochs": "ours: CoPrompt's released schedule (8), not given in the paper",
+        "train.batch_size": "ours: CoPrompt's released config (4), not given in the paper",
+    }
 
     def _build_prompt(self, backbone, texts, ctx_words: str, suffix: str) -> None:
         from medadapt.methods.maple import MultiModalPrompts
