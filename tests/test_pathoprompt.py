@@ -291,9 +291,14 @@ def test_multimodal_base_prompts_both_encoders(hf):
         assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
     for n, p in m.backbone.named_parameters():
         assert not p.requires_grad and p.grad is None, n
+    torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1).step()
     m.eval()
+    m2 = get_method("pathoprompt")(hf, texts(), {})
+    m2.load_learned_state_dict(m.learned_state_dict())
+    m2.eval()
     with torch.no_grad():
         assert m(b).shape == (3, 3)
+        torch.testing.assert_close(m2(b), m(b))
     with pytest.raises(UserError, match="--method pathoprompt\\)"):
         method(hf, base="multimodal")
     with pytest.raises(UserError, match="--method pathoprompt-text"):
