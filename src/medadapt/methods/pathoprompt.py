@@ -90,6 +90,8 @@ TEMPLATE_PRESETS = {
 }
 
 _EPS = 1e-8
+_PAPER = ("Huang et al., PathoPrompt: Cross-Granular Semantic Alignment for Medical Pathology "
+          "Vision-Language Models")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,8 +263,7 @@ def split_template(template: str) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------------
 @register_method("pathoprompt-text")
 class PathoPrompt(Method):
-    paper = ("Huang et al., PathoPrompt: Cross-Granular Semantic Alignment for Medical Pathology "
-             "Vision-Language Models")
+    paper = _PAPER + " (text-only CoOp base)"
     needs_descriptions = True
     base: ClassVar[str] = "text"  # the reading this registered name implements
     defaults = {
@@ -553,6 +554,7 @@ class PathoPromptMM(PathoPrompt):
     prompted encoder at each step is too costly (``pds_images: labelled`` falls back to it)."""
 
     base: ClassVar[str] = "multimodal"
+    paper = _PAPER + " (multi-modal deep-prompt base)"
     needs_images = True
     defaults = {**PathoPrompt.defaults, "base": "multimodal", "pds_images": "batch"}
     # the paper's SGD lr 0.0035 + fp16 are CoPrompt's released config
