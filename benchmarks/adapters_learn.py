@@ -53,7 +53,8 @@ def main() -> None:
     tr, te = split(train_idx, False), split(test_idx, False)
     eng = Engine(cfg["train"], progress=False)
     out["zero_shot"] = eng.accuracy(get_method("zero-shot")(bb, prep.texts, {}), te)
-    lp_cfg = resolve({**cfg, "method": {"name": "linear-probe"}})
+    base = {"backbone": "synthpath-clip", "dataset": "synth-crc", "shots": args.shots}
+    lp_cfg = resolve({**base, "method": {"name": "linear-probe"}})
     lp = get_method("linear-probe")(bb, prep.texts, lp_cfg["method"])
     lp.fit(tr, None, Engine(lp_cfg["train"], progress=False, log=lambda s: None))
     out["linear_probe"] = eng.accuracy(lp, te)
@@ -91,7 +92,7 @@ def main() -> None:
             npi, lr = spec.split(":")
             torch.manual_seed(1)
             m = get_method("clip-lora")(bb, prep.texts, {"n_iters_per_shot": int(npi)})
-            e = Engine({**resolve({**cfg, "method": {"name": "clip-lora"}})["train"],
+            e = Engine({**resolve({**base, "method": {"name": "clip-lora"}})["train"],
                         "lr": float(lr), "checkpoint": False}, progress=False,
                        log=lambda s: None, seed=1)
             t0 = time.time()
