@@ -50,6 +50,7 @@ METHODS = [
     ("PromptSRC", "promptsrc", {}, "baseline"),
     ("CoPrompt", "coprompt", {}, "baseline"),
     ("PathoPrompt", "pathoprompt", {}, "pathoprompt"),
+    ("PathoPrompt text base", "pathoprompt-text", {}, "pathoprompt"),
     ("PathoPrompt baseline (no GSD, no PDS)", "pathoprompt", {"use_gsd": False, "use_pds": False},
      "pathoprompt"),
     ("PathoPrompt w/o GSD", "pathoprompt", {"use_gsd": False}, "pathoprompt"),
@@ -58,12 +59,15 @@ METHODS = [
     ("Biomed-DPT", "biomed-dpt", {}, "biomed-dpt"),
     ("Biomed-DPT no distillation", "biomed-dpt", {"distill": False}, "biomed-dpt"),
     ("Biomed-DPT no vision prompt", "biomed-dpt", {"vision_prompt": False}, "biomed-dpt"),
-    ("Biomed-DPT random vision init", "biomed-dpt", {"vision_init": "random"}, "biomed-dpt"),
+    ("Biomed-DPT trainable vision prompt", "biomed-dpt", {"vision_trainable": True}, "biomed-dpt"),
+    ("Biomed-DPT random vision init", "biomed-dpt", {"vision_trainable": True,
+                                                     "vision_init": "random"}, "biomed-dpt"),
 ]
 
 PRIORITY = ["CoOp", "PathoPrompt", "Biomed-DPT", "PathoPrompt w/o GSD", "PathoPrompt w/o PDS",
             "PathoPrompt baseline (no GSD, no PDS)", "Biomed-DPT no distillation",
-            "Biomed-DPT no vision prompt", "Biomed-DPT random vision init",
+            "Biomed-DPT no vision prompt", "Biomed-DPT trainable vision prompt",
+            "Biomed-DPT random vision init", "PathoPrompt text base",
             "PathoPrompt sentence-level", "MaPLe", "PromptSRC", "CoPrompt"]
 
 SLUG = {m[0]: m[0].lower().replace("(", "").replace(")", "").replace(",", "").replace("/", "")

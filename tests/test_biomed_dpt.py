@@ -76,8 +76,24 @@ def test_clinical_template_and_pruning(hf):
     assert len(prune_descriptions(f, 1.5)) == 4 and len(prune_descriptions(f, None)) == 5
 
 
-def test_visual_prompt_is_zero_and_really_trains(hf):
+def test_default_visual_prompt_is_fixed_zero_in_all_layers(hf):
+    """Reference (derivative code, CLIP_Inplanted): zero tensors in every layer, never learned."""
     m = method(hf)
+    vp = list(m.vision.prompts)
+    assert len(vp) == len(hf.vision_blocks())
+    assert all(torch.count_nonzero(p) == 0 and not p.requires_grad for p in vp)
+    assert not any(k.startswith("vision") for k in m.learned_state_dict())
+    b = batch(hf)
+    with torch.no_grad():  # fixed zero tokens still re-weight attention
+        assert not torch.allclose(m.prompted_image_features(b.images), hf.encode_image(b.images))
+    loss, _ = m.loss(b)
+    loss.backward()
+    assert all(p.grad is None for p in vp)
+    assert m.prompt.ctx.grad.abs().sum() > 0
+
+
+def test_trainable_visual_prompt_option_really_trains(hf):
+    m = method(hf, vision_trainable=True)
     vp = list(m.vision.prompts)
     assert vp and all(torch.count_nonzero(p) == 0 for p in vp)  # zero-vector soft prompt
     assert all(p.requires_grad for p in vp)
@@ -103,7 +119,7 @@ def test_visual_prompt_is_zero_and_really_trains(hf):
 
 
 def test_visual_prompt_changes_image_features(hf):
-    m = method(hf, vision_init="random")
+    m = method(hf, vision_init="random", vision_trainable=True)
     b = batch(hf)
     with torch.no_grad():
         plain = hf.encode_image(b.images)

@@ -33,8 +33,8 @@ def texts(names=NAMES, n=5):
                        for c in names})
 
 
-def method(bb, **cfg):
-    return get_method("pathoprompt")(bb, texts(), cfg)
+def method(bb, **cfg):  # the text reading: cached features, fast
+    return get_method("pathoprompt-text")(bb, texts(), cfg)
 
 
 def batch(bb, n=6, seed=0):
@@ -268,3 +268,38 @@ def test_fit_cli(tmp_path, shared_data, backbone):
     assert r["method"] == "pathoprompt" and r["n_trainable_params"] > 0
     hist = r["train_info"]["history"]
     assert all(math.isfinite(h["loss"]) for h in hist)
+
+
+# ------------------------------------------------------------------------------------------------
+# the default reading: the same additions on a multi-modal deep-prompt base (pathoprompt)
+def test_multimodal_base_prompts_both_encoders(hf):
+    from medadapt.errors import UserError
+    m = get_method("pathoprompt")(hf, texts(), {})
+    assert m.needs_images and m.cfg["base"] == "multimodal"
+    g = torch.Generator().manual_seed(0)
+    b = Batch(labels=torch.arange(3), images=torch.randn(3, 3, hf.image_size, hf.image_size,
+                                                         generator=g))
+    with torch.no_grad():  # phi(x) and theta(t_p) are the PROMPTED encoders
+        assert not torch.allclose(m.image_features(b), hf.encode_image(b.images))
+    loss, parts = m.loss(b)
+    assert float(loss.detach()) == pytest.approx(parts["desc"] + parts["align"] + parts["ce"]
+                                                 - parts["pds"], rel=1e-5, abs=1e-5)
+    loss.backward()
+    named = dict(m.named_parameters())
+    for name in ("mm.prompt.ctx", "mm.coupled.couplings.0.weight", "token_enhancer.scale",
+                 "text_adaptor.up.weight", "image_adaptor.up.weight"):
+        assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
+    for n, p in m.backbone.named_parameters():
+        assert not p.requires_grad and p.grad is None, n
+    torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1).step()
+    m.eval()
+    m2 = get_method("pathoprompt")(hf, texts(), {})
+    m2.load_learned_state_dict(m.learned_state_dict())
+    m2.eval()
+    with torch.no_grad():
+        assert m(b).shape == (3, 3)
+        torch.testing.assert_close(m2(b), m(b))
+    with pytest.raises(UserError, match="--method pathoprompt\\)"):
+        method(hf, base="multimodal")
+    with pytest.raises(UserError, match="--method pathoprompt-text"):
+        get_method("pathoprompt")(hf, texts(), {"base": "text"})

@@ -21,30 +21,42 @@ Text side ("dual prompt": template-driven clinical prompt + LLM-driven domain-ad
     normalised frozen features of class c's descriptions (weight ``l1_weight`` = 12.5, the
     derivative code's value);
   - (D3) ``L_KL = KL(softmax(z_teacher / T) || softmax(z / T)) * T^2 / (B*C)``, with the
-    description-based zero-shot logits ``z_teacher = s * cos(f_img^frozen, m)`` (weight
+    description-based zero-shot logits ``z_teacher = s * cos(f_img, m)`` (``teacher_image``) (weight
     ``kl_weight`` = 0.25); ``reduction: numel`` divides by ``B*C`` as the BiomedCoOp/PromptSRC
     code does, ``batchmean`` by ``B``;
   - (D4) ``L = L_CE + 12.5 L_L1 + 0.25 L_KL``.
 
-Vision side: (D5) a deep visual soft prompt (VPT-deep, :class:`VisionDeepPrompts`) of zero
-vectors -- ``n`` tokens appended after the patch tokens at layer 0 and replaced at the following
-layers < J -- "to leverage attention re-weighting". Zero vectors still receive gradients (the
-tokens take part in attention through the pre-norm blocks), and they are ordinary parameters here:
-a public fork left them frozen; ``tests/test_biomed_dpt.py`` checks that their gradient is non-zero
-and that training moves them.
+Vision side: (D5) a deep visual soft prompt of ZERO vectors -- ``n`` tokens appended after the
+patch tokens at layer 0 and replaced at every following layer (:class:`VisionDeepPrompts`) -- "to
+leverage attention re-weighting". Default = the only public code of the authors' line (a
+BiomedCoOp-based ``BiomedDPT_BiomedCLIP`` trainer, class ``CLIP_Inplanted``): ``prompt_embeddings
+= torch.zeros(1, 4, 768)`` and ``deep_prompt_embeddings = torch.zeros(12, 4, 768)`` are plain
+tensors, not parameters -- fixed zero vectors in ALL 12 layers that never train
+(``vision_trainable: false``, ``vision_depth: 12`` of 12, ``vision_tokens: 4``). Fixed zero tokens
+still change the image features: in a pre-norm block a zero token becomes the LayerNorm's bias,
+one more key/value in every attention that takes softmax mass from the image tokens (the
+abstract's "attention re-weighting").
+``vision_trainable: true`` makes them parameters (our earlier reading; an option and an ablation).
+Where we deviate from that code: it writes its 4 tokens over patch tokens 1..4 (``cat(x[:, :1],
+prompt, x[:, 1+4:])`` on the un-prompted sequence, so four patches are dropped); we append them
+(VPT-deep), which keeps every patch.
 
-Choices where the description is silent (all under ``method``): visual prompt depth
-``vision_depth: 9`` of 12 blocks, scaled to the backbone's depth (IVLP/MaPLe's vision depth in the
-code family BiomedCoOp builds on), ``vision_tokens: 4``; the teacher logits use the *un-prompted*
-image features (``teacher_image: frozen``, a zero-shot teacher; ``prompted`` re-uses the student's
-image features, detached); ``desc_prune_z: null`` keeps every description (BiomedCoOp prunes
-descriptions whose cosine to the class mean has ``|z| > 1.5``; set ``1.5`` to do so); optimiser
-and schedule from BiomedCoOp (SGD lr 0.0025, batch 4, 100 epochs few-shot).
+Teacher logits: that code uses the student's image features (``zero_shot_logits = logit_scale *
+image_features @ fixed_embeddings.T`` with the same, zero-prompted ``image_features``):
+``teacher_image: prompted`` (default). ``frozen`` runs the un-prompted encoder instead.
+
+Choices where the description is silent (all under ``method``): ``desc_prune_z: null`` keeps
+every description (BiomedCoOp prunes descriptions whose cosine to the class mean has
+``|z| > 1.5``; set ``1.5`` to do so); optimiser and schedule from BiomedCoOp (SGD lr 0.0025,
+batch 4, 100 epochs few-shot).
 
 Ablations: ``distill: false`` (CE only, no descriptions needed at training time),
-``vision_prompt: false`` (text prompt only), ``vision_init: zeros | random`` (random: N(0, 0.02)).
+``vision_prompt: false`` (text prompt only), ``vision_trainable: true`` (learned visual prompts),
+``vision_init: zeros | random`` (random: N(0, 0.02)).
 """
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,20 +66,34 @@ from medadapt.methods._prompt import (PromptLearner, VisionDeepPrompts, clip_log
                                       encode_prompted_text)
 from medadapt.methods.base import Batch, Method, register_method
 
-# Clinical templates per modality (first three from the method's public description; the others
-# follow the same pattern for the remaining Biomed-DPT data sets -- our wording).
+# Clinical templates, per data set (the derivative code's ``CUSTOM_BIOMEDDPT_TEMPLATES``, one per
+# Biomed-DPT data set) and per modality (aliases to the same strings; "cytology" and "generic" are
+# ours). The learnable context is the words before ``{}``; the words after it stay fixed.
 CLINICAL_TEMPLATES = {
+    # per data set (derivative code)
+    "btmri": "a MR photo of a {} in the brain.",
+    "busi": "a ultrasound photo of a {} in the breast.",
+    "chmnist": "a histopathological photo of a {}.",
+    "covid": "a chest X-ray photo of a {} affected by COVID-19 in the lung.",
+    "ctkidney": "a CT photo of a {} in the kidney.",
+    "dermamnist": "a dermatoscopy photo of a {} in the skin.",
+    "kneexray": "a frontal X-ray photo of a {} in the knee joint.",
+    "kvasir": "a endoscopic photo of a {} in the colon.",
+    "lc25000": "a histopathological photo of a {}.",
+    "octmnist": "a OCT photo of a {}.",
+    "retina": "a photo of a {} presented in image.",
+    # per modality (aliases)
     "histopathology": "a histopathological photo of a {}.",
-    "cytology": "a microscopic photo of a {}.",
     "mri-brain": "a MR photo of a {} in the brain.",
     "oct": "a OCT photo of a {}.",
-    "dermatology": "a dermatoscopic photo of a {}.",
+    "dermatology": "a dermatoscopy photo of a {} in the skin.",
     "ultrasound-breast": "a ultrasound photo of a {} in the breast.",
-    "xray-chest": "a chest X-ray photo of a {}.",
+    "xray-chest": "a chest X-ray photo of a {} affected by COVID-19 in the lung.",
     "ct-kidney": "a CT photo of a {} in the kidney.",
-    "endoscopy": "a endoscopic photo of a {}.",
-    "fundus": "a fundus photo of a {}.",
-    "xray-knee": "a X-ray photo of a {} in the knee.",
+    "endoscopy": "a endoscopic photo of a {} in the colon.",
+    "fundus": "a photo of a {} presented in image.",
+    "xray-knee": "a frontal X-ray photo of a {} in the knee joint.",
+    "cytology": "a microscopic photo of a {}.",  # ours (no such data set in Biomed-DPT)
     "generic": "a photo of a {}.",
 }
 
@@ -143,12 +169,30 @@ class BiomedDPT(Method):
         "kl_weight": 0.25,
         "kl_T": 1.0,
         "kl_reduction": "numel",  # numel | batchmean
-        "teacher_image": "frozen",  # frozen | prompted
+        "teacher_image": "prompted",  # prompted | frozen
         "desc_prune_z": None,
         "vision_prompt": True,
+        "vision_trainable": False,  # reference: fixed zero tensors; true = learned (ablation)
         "vision_init": "zeros",  # zeros | random
-        "vision_depth": 9,  # of 12 blocks, scaled to the backbone
+        "vision_depth": 12,  # of 12 blocks (all), scaled to the backbone
         "vision_tokens": 4,
+    }
+    sources: ClassVar[dict[str, str]] = {
+        "method.clinical_template": "derivative code CUSTOM_BIOMEDDPT_TEMPLATES (per data set); "
+                                    "shared/papers/README.md",
+        "method.l1_weight": "derivative code (12.5); shared/papers/README.md",
+        "method.kl_weight": "derivative code (0.25); shared/papers/README.md",
+        "method.kl_reduction": "derivative code: kl_div(sum) / logits.numel()",
+        "method.teacher_image": "derivative code: zero_shot_logits from the same image_features",
+        "method.vision_trainable": "abstract ('zero vector as a soft prompt'); derivative code "
+                                   "CLIP_Inplanted: torch.zeros tensors, not parameters",
+        "method.vision_depth": "derivative code: deep_prompt_embeddings = zeros(12, 4, 768)",
+        "method.vision_tokens": "derivative code: num_tokens = 4",
+        "method.desc_prune_z": "ours (no pruning in the derivative code)",
+        "train.optimizer": "BiomedCoOp few-shot config (SGD)",
+        "train.lr": "BiomedCoOp few-shot config (0.0025)",
+        "train.batch_size": "BiomedCoOp few-shot config (4)",
+        "train.epochs": "shared/papers/README.md (~100 epochs few-shot)",
     }
     train_defaults = {"optimizer": "sgd", "lr": 0.0025, "epochs": 100, "batch_size": 4,
                       "warmup_epochs": 1, "warmup": "constant", "warmup_lr": 1e-5}
@@ -171,9 +215,19 @@ class BiomedDPT(Method):
             depth = scale_depth(int(c["vision_depth"]), len(backbone.vision_blocks()))
             self.vision = VisionDeepPrompts(depth, int(c["vision_tokens"]), backbone.vision_width,
                                             init="zeros" if c["vision_init"] == "zeros" else "normal")
+            if not c["vision_trainable"]:  # fixed tensors, as in the reference (never learned)
+                self.vision.requires_grad_(False)
         self._eval_text = None
         self.desc_mean = None
         self._set_teacher(texts)
+
+    def learned_state_dict(self) -> dict[str, torch.Tensor]:
+        out = super().learned_state_dict()
+        if self.vision is not None and not self.cfg["vision_trainable"] and \
+                self.cfg["vision_init"] != "zeros":  # fixed random prompts: keep them with the run
+            out.update({f"vision.prompts.{i}": p.detach().cpu().contiguous()
+                        for i, p in enumerate(self.vision.prompts)})
+        return out
 
     def _set_teacher(self, texts) -> None:
         """``m``: normalised mean of the normalised frozen description features per class."""

@@ -8,15 +8,26 @@ W2: D/reduction -> D, no biases) and residual blending ``f' = alpha A(f) + (1 - 
 learned (SCALE). Logits are ``logit_scale * cos(f'_img, f'_txt)``.
 
 Decisions where the papers leave room:
-* ``final_relu``: Gao's released code ends the adapter with a second ReLU; Eq. 1 (and the issue)
-  has none. Default ``False`` (Eq. 1); ``True`` reproduces the code.
+* ``final_relu``: Gao's released code (gaopengcuhk/CLIP-Adapter ``clip_adapter.py``, class
+  ``Adapter``: ``Linear, ReLU, Linear, ReLU``) ends the adapter with a second ReLU; SCALE's Eq. 1
+  has none. Default ``True`` (the released code); ``False`` gives Eq. 1.
 * Image features enter the adapter raw (un-normalised projections, as in Gao's code); the text
   branch adapts the L2-normalised class text features the backbone gives (``text_mode``:
   template / ensemble / descriptions). ``normalize_input: true`` normalises image features first.
-* Training: Gao's code runs in CoOp's Dassl trainer, so the engine defaults follow CoOp's
-  few-shot schedule (SGD, lr 0.002, batch 32, cosine, 1 constant warm-up epoch) with 200 epochs.
+* Training: Gao's README says "follow CoOp's command"; the trainer is Dassl's, so the engine
+  defaults are CoOp's few-shot config (``configs/trainers/CoOp/rn50.yaml``: SGD lr 0.002, momentum
+  0.9, weight decay 5e-4, batch 32, cosine, 1 constant warm-up epoch at 1e-5, 200 epochs).
+
+Why it sits at zero-shot on ``synthpath-clip`` (the method's own behaviour, not a defect): the
+residual ratio 0.2 keeps ``0.8 f`` in the blend, so the adapter has to grow before a prediction
+moves, and the cross-entropy gradient that grows it scales with the backbone's logit scale. CoOp's
+lr was set for CLIP (logit scale 100); ``synthpath-clip`` has 13.3. Measured on 16-shot synth-crc
+(docs/adapters.md): the reference settings stay at zero-shot (65.8%); the same run with the logit
+scale forced to 100 reaches 74.6%; with the backbone's own scale it needs lr ~0.1-0.2 (71.9-79.7%).
 """
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -65,10 +76,25 @@ class CLIPAdapter(Method):
     paper = "Gao et al., CLIP-Adapter: Better Vision-Language Models with Feature Adapters, IJCV 2024"
     supports_novel = True  # with the image-only adapter the classifier is the text encoder
     defaults = {"adapt": "image",  # image | text | both
-                "reduction": 4, "alpha": 0.2, "learn_alpha": False, "final_relu": False,
+                "reduction": 4, "alpha": 0.2, "learn_alpha": False, "final_relu": True,
                 "normalize_input": False, "text_mode": "template"}
-    train_defaults = {"optimizer": "sgd", "lr": 0.002, "epochs": 200, "batch_size": 32,
-                      "warmup_epochs": 1, "warmup": "constant"}
+    train_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4,
+                      "epochs": 200, "batch_size": 32, "warmup_epochs": 1, "warmup": "constant",
+                      "warmup_lr": 1e-5, "grad_clip": 0.0}
+    sources: ClassVar[dict[str, str]] = {
+        "method.adapt": "gaopengcuhk/CLIP-Adapter clip_adapter.py (visual adapter only)",
+        "method.reduction": "clip_adapter.py: Adapter(1024, 4)",
+        "method.alpha": "clip_adapter.py: ratio = 0.2",
+        "method.final_relu": "clip_adapter.py: Adapter = Linear, ReLU, Linear, ReLU",
+        "method.normalize_input": "clip_adapter.py: adapter on raw image_features, normalised after",
+        "method.text_mode": "clip_adapter.py: one hand-written template per data set",
+        "train.optimizer": "README: 'follow CoOp's command' -> CoOp configs/trainers/CoOp/rn50.yaml",
+        "train.lr": "CoOp rn50.yaml (0.002)",
+        "train.epochs": "CoOp rn50.yaml (200)",
+        "train.batch_size": "CoOp rn50.yaml (32)",
+        "train.warmup_epochs": "CoOp rn50.yaml (1 constant epoch at 1e-5)",
+        "train.grad_clip": "Dassl does not clip",
+    }
     learned_buffers = ()
 
     def __init__(self, backbone, texts, cfg=None):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -253,6 +254,24 @@ class CLIPLoRA(Method):
                 "template": None}  # prompt template (default: the data set's first)
     train_defaults = {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.01, "batch_size": 32,
                       "warmup_epochs": 0, "grad_clip": 0.0, "epochs": 50}
+    sources: ClassVar[dict[str, str]] = {
+        "method.rank": "MaxZanella/CLIP-LoRA run_utils.py --r 2",
+        "method.alpha": "run_utils.py --alpha 1",
+        "method.dropout": "run_utils.py --dropout_rate 0.25 (loralib LinearLoRA: dropout on the LoRA input)",
+        "method.params": "run_utils.py --params q k v",
+        "method.encoders": "run_utils.py --encoder both",
+        "method.layers": "run_utils.py --position all",
+        "method.rslora": "loralib/layers.py: scaling = lora_alpha / sqrt(r)",
+        "method.n_iters_per_shot": "run_utils.py --n_iters 500; lora.py: total_iters = n_iters * shots",
+        "method.template": "lora.py: dataset.template[0]",
+        "train.optimizer": "lora.py: AdamW(betas=(0.9, 0.999))",
+        "train.lr": "run_utils.py --lr 2e-4",
+        "train.weight_decay": "lora.py: weight_decay=1e-2",
+        "train.batch_size": "run_utils.py --batch_size 32",
+        "train.warmup_epochs": "lora.py: CosineAnnealingLR(total_iters, eta_min=1e-6), no warm-up",
+        "train.grad_clip": "lora.py: no clipping",
+        "train.epochs": "unused while n_iters_per_shot is set (fit derives it)",
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         try:

@@ -1,7 +1,10 @@
 """PathoPrompt (Huang, Liang, Cai, Zhuo, Fan, Su, "PathoPrompt: Cross-Granular Semantic Alignment
 for Medical Pathology Vision-Language Models"; full text in ``shared/papers/pathoprompt.txt``).
 
-Equations as implemented (numbers are the paper's):
+Two registered readings (no code exists; docs/pathoprompt.md, "Two readings"): ``pathoprompt``
+(default) puts the paper's additions on a multi-modal deep-prompt base as in MaPLe / CoPrompt
+(:class:`PathoPromptMM`, pixels), ``pathoprompt-text`` on CoOp's text-only context over cached
+image features (:class:`PathoPrompt`). Equations as implemented (numbers are the paper's):
 
 * Eq. 1 / Eq. 7 -- ``L_CE``: cross-entropy over ``logit_scale * cos(g~, e~)``, where ``g~`` is the
   text feature of the coarse prompt ``t_p`` ("a photo of a {class}.", its words used as learnable
@@ -67,6 +70,7 @@ not given; we use CoOp's 50 epochs / batch 32, ``s = 4`` and weight 1 for every 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -86,6 +90,8 @@ TEMPLATE_PRESETS = {
 }
 
 _EPS = 1e-8
+_PAPER = ("Huang et al., PathoPrompt: Cross-Granular Semantic Alignment for Medical Pathology "
+          "Vision-Language Models")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,12 +261,18 @@ def split_template(template: str) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------
-@register_method("pathoprompt")
+@register_method("pathoprompt-text")
 class PathoPrompt(Method):
-    paper = ("Huang et al., PathoPrompt: Cross-Granular Semantic Alignment for Medical Pathology "
-             "Vision-Language Models")
+    paper = _PAPER + " (text-only CoOp base)"
     needs_descriptions = True
+    base: ClassVar[str] = "text"  # the reading this registered name implements
     defaults = {
+        # which base the paper's additions sit on (docs/pathoprompt.md, "Two readings"):
+        # multimodal = MaPLe/CoPrompt coupled deep prompts in both encoders (``pathoprompt``, the
+        # default reading); text = CoOp context over cached image features (``pathoprompt-text``)
+        "base": "text",
+        "mm_n_ctx": 2,  # multimodal base: learned context tokens (MaPLe / CoPrompt: 2)
+        "mm_depth": 9,  # multimodal base: prompt depth of 12 blocks, scaled (MaPLe / CoPrompt: 9)
         # coarse prompt t_p (Table 3)
         "template": "a photo of a {}.",
         "template_preset": None,  # photo | tissue | microscopic | slide (overrides template)
@@ -291,10 +303,35 @@ class PathoPrompt(Method):
     }
     train_defaults = {"optimizer": "sgd", "lr": 0.0035, "epochs": 50, "batch_size": 32,
                       "warmup_epochs": 1, "warmup": "constant", "warmup_lr": 1e-5, "amp": True}
+    sources: ClassVar[dict[str, str]] = {
+        "method.base": "ours: the paper gives no code; two readings (docs/pathoprompt.md)",
+        "method.mm_n_ctx": "MaPLe / CoPrompt released configs (N_CTX 2), pathoprompt-mm only",
+        "method.mm_depth": "MaPLe / CoPrompt released configs (PROMPT_DEPTH 9), pathoprompt-mm only",
+        "method.template": "paper Sec. 3 'Training Details': 'a photo of a {class}'; Table 3",
+        "method.enhancement": "paper Eq. 3 (token-level gamma_s, gamma_b)",
+        "method.n_desc": "ours (paper: s descriptions, value not given)",
+        "method.psi": "ours (paper: 'token-level semantic distillation mechanism', unspecified)",
+        "method.adaptor": "ours (paper: adaptors theta^a / phi^a, form not given)",
+        "method.adapted_logits": "ours (CoPrompt, which the paper extends, classifies adapted features)",
+        "method.pds_bound": "ours (Eq. 8 subtracts an unbounded Eq. 6)",
+        "method.desc_weight": "paper Eq. 8 (no weights: 1)",
+        "method.align_weight": "paper Eq. 8 (no weights: 1)",
+        "method.pds_weight": "paper Eq. 8 (no weights: 1)",
+        "train.optimizer": "paper Sec. 3 'Training Details' (SGD)",
+        "train.lr": "paper Sec. 3 'Training Details' (0.0035)",
+        "train.amp": "paper Sec. 3 'Training Details' (fp16)",
+        "train.epochs": "ours: CoOp's 50 (not given)",
+        "train.batch_size": "ours: CoOp's 32 (not given)",
+    }
 
     def __init__(self, backbone, texts, cfg=None):
         super().__init__(backbone, texts, cfg)
         c = self.cfg
+        if c["base"] != self.base:
+            other = {"text": "pathoprompt-text", "multimodal": "pathoprompt"}.get(c["base"])
+            raise UserError(f"{self.name}: method.base {c['base']!r} is "
+                            + (f"the method `{other}` (--method {other})" if other else
+                               "unknown; valid: multimodal (pathoprompt), text (pathoprompt-text)"))
         choices = {"enhancement": ("token", "shared", "sentence", "none"),
                    "psi": ("mean", "linear", "none"), "pds_bound": ("unit", "margin", "none"),
                    "pds_reduce": ("sum", "mean"), "pds_images": ("labelled", "batch"),
@@ -309,8 +346,7 @@ class PathoPrompt(Method):
                                 f"{', '.join(TEMPLATE_PRESETS)}, got {c['template_preset']!r}")
             c["template"] = TEMPLATE_PRESETS[c["template_preset"]]
         ctx_words, suffix = split_template(c["template"])
-        self.prompt = PromptLearner(backbone, texts.classnames, ctx_init=ctx_words, suffix=suffix)
-        self.prompt.ctx.requires_grad_(bool(c["learn_ctx"]))
+        self._build_prompt(backbone, texts, ctx_words, suffix)
         D, W = backbone.embed_dim, backbone.text_width
         self.text_adaptor = Adaptor(D, c["adaptor"], c["adaptor_reduction"])
         self.image_adaptor = Adaptor(D, c["adaptor"], c["adaptor_reduction"])
@@ -329,6 +365,11 @@ class PathoPrompt(Method):
         self._bank: tuple[torch.Tensor, torch.Tensor] | None = None  # labelled image features
         self._eval_text: torch.Tensor | None = None
         self._set_descriptions(texts)
+
+    def _build_prompt(self, backbone, texts, ctx_words: str, suffix: str) -> None:
+        """Text base: CoOp's context from the template's words (image encoder untouched)."""
+        self.prompt = PromptLearner(backbone, texts.classnames, ctx_init=ctx_words, suffix=suffix)
+        self.prompt.ctx.requires_grad_(bool(self.cfg["learn_ctx"]))
 
     # --- classes and descriptions ---------------------------------------------------------------
     def _set_descriptions(self, texts) -> None:
@@ -492,3 +533,57 @@ class PathoPrompt(Method):
         pairs = C * (C - 1) / 2 if self.cfg["pds_reduce"] == "sum" else 1.0
         n_mod = 2 if self.cfg["pds_modalities"] == "both" else 1
         return n_mod * pairs * per
+
+
+@register_method("pathoprompt")
+class PathoPromptMM(PathoPrompt):
+    """PathoPrompt on a multi-modal deep-prompt base: the default reading (docs/pathoprompt.md).
+
+    The paper's text points to a CoPrompt-style base: its lr 0.0035 and fp16 are MaPLe's and
+    CoPrompt's released settings (CoOp's lr is 0.002), its adaptors ``theta^a`` / ``phi^a`` are
+    CoPrompt's two output adapters, it presents itself as a refinement of CoPrompt's alignment,
+    and it compares against MaPLe, PromptSRC and CoPrompt under one backbone. ``pathoprompt-text``
+    is the other reading (CoOp's text-only context over cached features).
+
+    The coarse prompt's context and the image encoder are prompted as in MaPLe / CoPrompt
+    (:class:`~medadapt.methods.maple.MultiModalPrompts`: ``mm_n_ctx`` learned tokens from the
+    template's words, coupled language-to-vision deep prompts to depth ``mm_depth`` of 12, scaled),
+    so ``theta(t_p)`` and ``phi(x)`` in every equation are the PROMPTED encoders; everything else
+    (token enhancement, Eq. 2-8, the adaptors) is the text reading's code. Batches carry pixels.
+    Image prototypes (Eq. 5) come from the batch: re-encoding every labelled image through the
+    prompted encoder at each step is too costly (``pds_images: labelled`` falls back to it)."""
+
+    base: ClassVar[str] = "multimodal"
+    paper = _PAPER + " (multi-modal deep-prompt base)"
+    needs_images = True
+    defaults = {**PathoPrompt.defaults, "base": "multimodal", "pds_images": "batch"}
+    # the paper's SGD lr 0.0035 + fp16 are CoPrompt's released config
+    # (vit_b16_c2_ep5_batch4_2ctx: batch 4, 8 epochs in its few-shot scripts); epochs and batch
+    # are not in the paper, so they follow that config
+    train_defaults = {"optimizer": "sgd", "lr": 0.0035, "epochs": 8, "batch_size": 4,
+                      "warmup_epochs": 1, "warmup": "constant", "warmup_lr": 1e-5, "amp": True}
+    sources: ClassVar[dict[str, str]] = {
+        **PathoPrompt.sources,
+        "method.pds_images": "ours: batch prototypes (the prompted encoder is not cached)",
+        "train.epochs": "ours: CoPrompt's released schedule (8), not given in the paper",
+        "train.batch_size": "ours: CoPrompt's released config (4), not given in the paper",
+    }
+
+    def _build_prompt(self, backbone, texts, ctx_words: str, suffix: str) -> None:
+        from medadapt.methods.maple import MultiModalPrompts
+        if suffix.strip() not in (".", ""):
+            raise UserError(f"pathoprompt: template {self.cfg['template']!r} must end with "
+                            "'{}.' (the multi-modal prompt puts the class name last)")
+        self.mm = MultiModalPrompts(backbone, texts.classnames, int(self.cfg["mm_n_ctx"]),
+                                    ctx_words, int(self.cfg["mm_depth"]))
+        self.prompt = self.mm.prompt
+        if not self.cfg["learn_ctx"]:
+            self.prompt.ctx.requires_grad_(False)
+
+    def coarse_features(self) -> torch.Tensor:
+        return self.mm.text_features(self.backbone).float()
+
+    def image_features(self, batch: Batch) -> torch.Tensor:
+        if batch.images is None:
+            raise ValueError("pathoprompt prompts the image encoder: batches need pixels")
+        return self.mm.image_features(self.backbone, batch.images).float()

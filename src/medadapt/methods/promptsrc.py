@@ -11,7 +11,11 @@ tokens at layers 1..J-1, and independent visual tokens appended at layer 0 and r
   (KL summed and divided by B·C, T = 1, as in the released code); ``L = L_ce + L_SCL`` with
   ``λ1`` (image) = 10 and ``λ2`` (text) = 25.
 * Textual diversity (Sec. 3.2.3): the frozen text features ``g~`` are the mean over all templates
-  of the data set's template set (the paper averages 60 ImageNet templates).
+  of the data set's template set (the paper averages 60 ImageNet templates). As in the released
+  code (muzairkhattak/PromptSRC ``trainers/promptsrc.py``: ``fixed_embeddings =
+  cat(encode_text(...)).mean(dim=1)``, normalised in ``CustomCLIP.forward``), the RAW template
+  features are averaged first and the mean is normalised (:func:`raw_template_mean`), not the
+  mean of normalised features.
 * Gaussian-weighted prompt aggregation (GPA, Sec. 3.2.2, Eq. 6-7): the prompts of every epoch
   are averaged with weights ``N(e; μ, σ²)``; the final model uses the aggregate. Released
   schedules: few-shot 50 epochs with μ = 30, σ = 30
@@ -31,11 +35,23 @@ import math
 import torch
 import torch.nn.functional as F
 
+from medadapt.backbones.base import Backbone
 from medadapt.methods._prompt import (GaussianPromptAggregator, PromptLearner, TextDeepPrompts,
-                                      VisionDeepPrompts, clip_logits, frozen_text_features,
-                                      kl_to_teacher, scaled_depth)
+                                      VisionDeepPrompts, clip_logits, kl_to_teacher, scaled_depth)
 from medadapt.methods.base import Batch, Method, register_method
 from medadapt.methods.coop import DASSL_SGD_SOURCES
+
+
+def raw_template_mean(backbone: Backbone, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    """PromptSRC's frozen text target ``[C, D]``: the mean over ``templates`` of the RAW
+    (un-normalised) class text features, then L2-normalised (released code: ``fixed_embeddings``
+    is the mean of ``encode_text`` outputs; ``CustomCLIP.forward`` normalises it)."""
+    feats = []
+    with torch.inference_mode():
+        for t in templates:
+            ids = backbone.tokenize([t.format(c) for c in classnames])
+            feats.append(backbone.encode_text(ids, normalize=False).float())
+    return F.normalize(torch.stack(feats).mean(0), dim=-1).clone()
 
 
 @register_method("promptsrc")
@@ -95,8 +111,8 @@ class PromptSRC(Method):
         self._gpa = None
 
     def _frozen_text(self):
-        self.frozen_text = frozen_text_features(self.backbone, self.texts.classnames,
-                                                self.texts.templates)
+        self.frozen_text = raw_template_mean(self.backbone, self.texts.classnames,
+                                             self.texts.templates)
 
     def set_classes(self, texts) -> None:
         super().set_classes(texts)
