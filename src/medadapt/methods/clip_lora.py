@@ -253,7 +253,8 @@ class CLIPLoRA(Method):
                 "n_iters_per_shot": 500,  # 500 x shots iterations; null: use train.epochs
                 "template": None}  # prompt template (default: the data set's first)
     train_defaults = {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.01, "batch_size": 32,
-                      "warmup_epochs": 0, "grad_clip": 0.0, "epochs": 50}
+                      "warmup_epochs": 0, "grad_clip": 0.0, "epochs": 50,
+                      "sched_unit": "step", "drop_last": False}
     sources: ClassVar[dict[str, str]] = {
         "method.rank": "MaxZanella/CLIP-LoRA run_utils.py --r 2",
         "method.alpha": "run_utils.py --alpha 1",
@@ -271,6 +272,12 @@ class CLIPLoRA(Method):
         "train.warmup_epochs": "lora.py: CosineAnnealingLR(total_iters, eta_min=1e-6), no warm-up",
         "train.grad_clip": "lora.py: no clipping",
         "train.epochs": "unused while n_iters_per_shot is set (fit derives it)",
+        "train.sched_unit": "lora.py: scheduler.step() after every iteration",
+        "train.drop_last": "lora.py: iterates the whole train loader (Tip-Adapter's build_data_loader, "
+                           "no drop_last) until total_iters",
+        "deviations": "the cosine decays to 0, not to the reference's eta_min=1e-6 (a difference of "
+                      "at most 1e-6 in the learning rate); fp32 on CPU where the reference autocasts "
+                      "to fp16 on CUDA (AMP on CUDA here too)",
     }
 
     def __init__(self, backbone, texts, cfg=None):
