@@ -131,7 +131,8 @@ def own_steps(cls, resolved: dict, n_items: int) -> int | None:
 
 def make_jobs(backbone: str, fewshot_ds: str, concept_ds: str | None, methods: list[str],
               selected: list[str] | None, shots: list[int], seeds: list[int], meaningful: bool,
-              pixel_steps: int, device: str) -> tuple[list[Job], dict[str, str]]:
+              pixel_steps: int, device: str, max_steps: int | None = None
+              ) -> tuple[list[Job], dict[str, str]]:
     """The runs of the demo and the methods it skips, each with its reason."""
     from medadapt.data.sources import load_dataset
     from medadapt.engine.runner import resolve
@@ -174,9 +175,13 @@ def make_jobs(backbone: str, fewshot_ds: str, concept_ds: str | None, methods: l
                 budget = {"kind": "none" if paper is None else "own", "steps": paper,
                           "paper_steps": paper, "batch_size": own["train"].get("batch_size"),
                           "epochs": own["train"].get("epochs") if paper is not None else None}
+                spe = steps_per_epoch(n_items, own["train"]["batch_size"])
+                target = None
                 if cls.needs_images and paper is not None:
                     target = PIXEL_STEPS_OVERRIDE.get(m, pixel_steps)
-                    spe = steps_per_epoch(n_items, own["train"]["batch_size"])
+                if max_steps and paper is not None:
+                    target = min(target or max_steps, max_steps)
+                if target is not None:
                     epochs = max(1, round(target / spe))
                     if epochs * spe < paper:
                         cfg["train"]["epochs"] = epochs
@@ -218,7 +223,7 @@ def run_job(job: dict, out: str) -> dict:
     import traceback
 
     from medadapt.engine.runner import Runner
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     row = {k: job[k] for k in ("key", "method", "dataset", "protocol", "shots", "task", "budget")}
     try:
         runner = Runner(job["cfg"], Path(out) / "runs" / job["key"], resume=True, quiet=True,
@@ -242,7 +247,7 @@ def run_job(job: dict, out: str) -> dict:
                if isinstance(v, (int, float)) and not isinstance(v, bool)
                and k not in ("epochs", "loss_first", "loss_last")} for r in res],
         batch_size=runner.cfg["train"].get("batch_size"),
-        wall_seconds=time.time() - t0)
+        wall_seconds=time.time() - t0, cpu_seconds=time.process_time() - c0)
     return row
 
 
@@ -358,7 +363,8 @@ def run_demo(args) -> int:
     if workers <= 1 and args.threads:
         torch.set_num_threads(args.threads)
     jobs, skipped = make_jobs(backbone, fewshot_ds, concept_ds, methods, args.methods, shots,
-                              seeds, meaningful, args.pixel_steps, args.device)
+                              seeds, meaningful, args.pixel_steps, args.device,
+                              args.max_steps)
     n_fs = len({j.method for j in jobs if j.task == "fewshot"})
     print(f"demo: {n_fs} methods x shots {shots} x seeds {seeds} on {backbone} + {fewshot_ds} "
           f"(base-to-novel)" + (f", SCALE on {concept_ds}" if any(j.method == "scale" for j in jobs)
@@ -385,6 +391,7 @@ def run_demo(args) -> int:
     meta = {"backbone": backbone, "dataset": fewshot_ds, "concept_dataset": concept_ds,
             "meaningful": meaningful, "shots": shots, "seeds": seeds, "workers": workers,
             "methods": methods, "device": args.device, "pixel_steps": args.pixel_steps,
+            "max_steps": args.max_steps,
             "cores": default_workers("cpu"), "torch_threads": torch.get_num_threads(),
             "prepare_seconds": prep_seconds, "elapsed_seconds": elapsed,
             "command": "medadapt " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(
@@ -421,6 +428,9 @@ def add_parser(sub) -> None:
     p.add_argument("--pixel-steps", type=int, default=PIXEL_STEPS,
                    help="reduced budget (optimisation steps per run) of the methods that run the "
                         "image encoder in every step; never more than their own schedule")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="cap every method at about this many steps per run (a quick look; every "
+                        "capped method is marked as a reduced budget)")
     p.add_argument("--tiny", action="store_true",
                    help="use the tiny random backbone on real tiles (pipeline check only)")
     p.add_argument("--data", default=None,
