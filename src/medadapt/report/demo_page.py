@@ -162,10 +162,12 @@ def short_budget(m: str, rs) -> str:
     if all(x.get("kind") == "none" for x in b):
         return "no gradient steps"
     steps = "/".join(str(x.get("steps")) for x in b)
+    dev = next((x["deviation"].split(" (")[0] for x in b if x.get("deviation")), None)
+    dev = f"; demo setting {dev}" if dev else ""
     if any(x.get("kind") == "reduced" for x in b):
         own = "/".join(str(x.get("paper_steps")) for x in b)
-        return f"**reduced budget: {steps} steps** (own: {own})"
-    return f"own schedule: {steps} steps"
+        return f"**reduced budget: {steps} steps** (own: {own}){dev}"
+    return f"own schedule: {steps} steps{dev}"
 
 
 def b2n_table(rows, shots) -> str:
@@ -210,11 +212,14 @@ def budget_rows(rows) -> list[tuple[str, str, str, str]]:
                 seen[key][1].append(own)
         else:
             seen[key] = ([used], [own], b.get("kind"))
+    devs = {(r["method"], r["task"]): (r.get("budget") or {}).get("deviation") for r in _ok(rows)}
     out = []
     for (m, task), (used, own, kind) in seen.items():
         label = {"reduced": "**reduced budget**", "own": "own (paper) schedule",
                  "none": "no training loop"}.get(kind, kind)
-        out.append((m, task, label + ": " + "; ".join(dict.fromkeys(used)),
+        dev = devs.get((m, task))
+        out.append((m, task, label + ": " + "; ".join(dict.fromkeys(used))
+                    + (f"; **demo setting** {dev}" if dev else ""),
                     "; ".join(dict.fromkeys(own))))
     return out
 
