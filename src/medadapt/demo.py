@@ -54,6 +54,9 @@ TINY_SHOTS = [1, 2]
 # optimisation steps per run, at the method's own batch size, learning rate and warm-up, never
 # more than the method's own schedule. Measured on synth-crc-b2n (benchmarks/demo_time.py notes).
 PIXEL_STEPS = 108
+# ... and at least this many epochs, so that a method's warm-up epoch (constant lr 1e-5 in the
+# Dassl methods) stays a small part of the run at 16 shots (MaPLe's own schedule: 5 epochs).
+PIXEL_MIN_EPOCHS = 5
 PIXEL_STEPS_OVERRIDE: dict[str, int] = {"clip-lora": 160}
 # Demo-only deviations from a method's own settings, each stated in the table and the report:
 # method -> ({method key: value}, {train key: value}, why).
@@ -193,6 +196,8 @@ def make_jobs(backbone: str, fewshot_ds: str, concept_ds: str | None, methods: l
                     target = min(target or max_steps, max_steps)
                 if target is not None:
                     epochs = max(1, round(target / spe))
+                    if cls.needs_images and not max_steps:
+                        epochs = max(PIXEL_MIN_EPOCHS, epochs)
                     if epochs * spe < paper:
                         cfg["train"]["epochs"] = epochs
                         if own["method"].get("n_iters_per_shot"):
@@ -399,7 +404,7 @@ def run_demo(args) -> int:
     meta = {"backbone": backbone, "dataset": fewshot_ds, "concept_dataset": concept_ds,
             "meaningful": meaningful, "shots": shots, "seeds": seeds, "workers": workers,
             "methods": methods, "device": args.device, "pixel_steps": args.pixel_steps,
-            "max_steps": args.max_steps,
+            "max_steps": args.max_steps, "pixel_min_epochs": PIXEL_MIN_EPOCHS,
             "cores": default_workers("cpu"), "torch_threads": torch.get_num_threads(),
             "prepare_seconds": prep_seconds, "elapsed_seconds": elapsed,
             "command": "medadapt " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(

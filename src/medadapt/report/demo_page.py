@@ -489,11 +489,14 @@ def write_demo_report(out: Path, rows: list[dict], skipped: dict[str, str], meta
     md += [intro, ""]
     sections = []  # (title, [(kind, obj)])
     sections.append(("Few-shot accuracy", [
-        ("md", "Budget: *own schedule* = the method's defaults (its paper's released schedule, as "
-               "`medadapt fit` runs it); **reduced budget** = methods that run the image encoder "
-               "in every step, trained for about "
-               f"{meta.get('pixel_steps')} steps at their own batch size and learning rate "
-               "(steps listed per shot count)."),
+        ("md", "Budget (optimisation steps at 1/4/16 shots...): *own schedule* = the method's "
+               "own defaults for this protocol and shot count (its paper's released schedule, as "
+               "`medadapt fit` runs it; `medadapt methods NAME` lists them with their sources); "
+               "**reduced budget** = a method that runs the image encoder in every step, trained "
+               f"for about {meta.get('pixel_steps')} steps (at least {meta.get('pixel_min_epochs')} "
+               "epochs) at its own batch size, learning rate and warm-up"
+               + (f"; `--max-steps {meta['max_steps']}` caps every method" if meta.get("max_steps")
+                  else "") + ". *Demo setting* = a stated demo-only deviation (see Budgets)."),
         ("table", table), ("figure", (figs["fewshot"], "few-shot accuracy"))]))
     items = [("md", "Computed from the results above: each trainable method's accuracy at the "
                     f"largest K ({max(shots)} shots) against zero-shot, and its seed spread "
