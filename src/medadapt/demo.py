@@ -313,18 +313,40 @@ def default_workers(device: str) -> int:
     return max(1, min(8, cores))
 
 
-def _prepare_cache(backbone: str, datasets: list[str], device: str) -> None:
-    """Generate the synthetic data sets and encode every image once (view 0) before the workers
-    start, so that no two workers encode the same images."""
+def _prepare_cache(backbone: str, jobs: list[Job], device: str) -> None:
+    """Generate the synthetic data sets and encode every image once (view 0), plus the
+    augmented views of every few-shot training image that a cached-feature run will draw
+    (``data.augment_views``), before the workers start: no two workers encode the same images."""
     from medadapt.backbones import load_backbone
+    from medadapt.data.fewshot import ids_to_indices
     from medadapt.data.sources import load_dataset
     from medadapt.engine.features import FeatureCache
-    from medadapt.engine.runner import pick_device
+    from medadapt.engine.runner import Prepared, pick_device, resolve
+    from medadapt.methods import get_method
     bb = load_backbone(backbone, device=pick_device(device))
     cache = FeatureCache()
-    for d in datasets:
+    views: dict[str, tuple[int, set]] = {}
+    for j in jobs:
+        cfg = resolve(j.cfg)
+        v = int(cfg["data"].get("augment_views") or 0)
+        if not v or get_method(j.method).needs_images or not cfg["data"].get("cache", True):
+            continue
+        key = json.dumps([j.dataset, j.protocol, j.shots])
+        if key in views:
+            views[key] = (max(v, views[key][0]), views[key][1])
+            continue
+        prep = Prepared(cfg, quiet=True)
+        idx = set()
+        for fs in prep.fewshots.values():
+            idx.update(ids_to_indices(prep.ds, fs["train"]))
+        views[key] = (v, idx)
+    for d in dict.fromkeys(j.dataset for j in jobs):
         ds = load_dataset(d)
         cache.encode(bb, ds, range(len(ds)), 0, 128, 0, False, False)
+        n_views = max((v for k, (v, _) in views.items() if json.loads(k)[0] == d), default=0)
+        idx = sorted(set().union(*[i for k, (_, i) in views.items() if json.loads(k)[0] == d]))
+        for view in range(1, n_views + 1):
+            cache.encode(bb, ds, idx, view, 128, 0, False, False)
 
 
 def run_jobs(jobs: list[Job], out: Path, workers: int, progress: Progress) -> list[dict]:
@@ -383,7 +405,7 @@ def run_demo(args) -> int:
           f"(base-to-novel)" + (f", SCALE on {concept_ds}" if any(j.method == "scale" for j in jobs)
                                 else "") + f"; {len(jobs)} runs in {workers} process(es)",
           file=sys.stderr, flush=True)
-    _prepare_cache(backbone, [d for d in (fewshot_ds, concept_ds) if d], args.device)
+    _prepare_cache(backbone, jobs, args.device)
     prep_seconds = time.time() - t0
     progress = Progress(len(jobs))
     try:
