@@ -111,3 +111,16 @@ def test_scale_concept_examples(tmp_path):
         assert it["true_concepts"] and it["predicted"] in ("benign", "malignant")
         tops = [t.rsplit(" (", 1)[0] for t in it["top_concepts"].split("; ")]
         assert len(tops) == 3 and all(t in combos for t in tops)
+
+
+def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
+    from medadapt.demo import run_job
+    mine = tmp_path / "runs" / "coop-1shot"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("user's file")
+    job = {"key": "coop-1shot", "method": "coop", "dataset": "d", "protocol": "few-shot",
+           "shots": 1, "task": "fewshot", "budget": {}, "seeds": [1],
+           "cfg": {"backbone": "tiny-hf-clip", "dataset": "d", "method": {"name": "coop"}}}
+    row = run_job(job, str(tmp_path))
+    assert "not written by this demo" in row["error"]
+    assert (mine / "notes.txt").read_text() == "user's file"
