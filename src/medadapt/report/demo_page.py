@@ -79,12 +79,13 @@ def learning_findings(rows: list[dict], task: str = "fewshot",
         f = {"method": m, "shots": k, "accuracy": mean, "zero_shot": zs_mean, "margin": margin,
              "spread": sp, "passed": passed, "budget": r.get("budget", {})}
         if not passed:
-            f["evidence"] = _evidence(r, by, m, shots_all, zs_mean)
+            f["evidence"] = _evidence(r, by, m, shots_all, zs_mean, margin < -sp)
         out.append(f)
     return out
 
 
-def _evidence(r: dict, by: dict, m: str, shots_all: list[int], zs_mean: float) -> str:
+def _evidence(r: dict, by: dict, m: str, shots_all: list[int], zs_mean: float,
+              below: bool = False) -> str:
     parts = []
     curve = ", ".join(f"{k}-shot {mean_std(by[(m, k)]['values'])[0]:.1f}" for k in shots_all
                       if (m, k) in by)
@@ -98,6 +99,9 @@ def _evidence(r: dict, by: dict, m: str, shots_all: list[int], zs_mean: float) -
         if drop < 0.02:
             parts.append("the loss did not fall: the optimiser made no progress under this "
                          "budget (a learning rate, initialisation or gradient-flow problem)")
+        elif below:
+            parts.append("the loss fell, but the test accuracy fell below zero-shot: it fits the "
+                         "few training shots at the cost of what the frozen prompts knew")
         else:
             parts.append("the loss fell, but the test accuracy stayed near zero-shot: what it "
                          "learned on the few shots did not change the test predictions")
@@ -489,7 +493,7 @@ def write_demo_report(out: Path, rows: list[dict], skipped: dict[str, str], meta
     md += [intro, ""]
     sections = []  # (title, [(kind, obj)])
     sections.append(("Few-shot accuracy", [
-        ("md", "Budget (optimisation steps at 1/4/16 shots...): *own schedule* = the method's "
+        ("md", "Budget (optimisation steps per run, one number per shot count): *own schedule* = the method's "
                "own defaults for this protocol and shot count (its paper's released schedule, as "
                "`medadapt fit` runs it; `medadapt methods NAME` lists them with their sources); "
                "**reduced budget** = a method that runs the image encoder in every step, trained "
