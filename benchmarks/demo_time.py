@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     for i in range(a.n):
         rec = one_run(extra, Path(a.keep) if a.keep and i == a.n - 1 else None)
         runs.append(rec)
-        print(f"run {i + 1}/{a.n}: wall {rec['wall_seconds']:.0f} s, cpu {rec['cpu_seconds']:.0f} s, "
+        print(f"run {i + 1}/{a.n}: wall {rec['wall_seconds']:.0f} s, "
+              f"cpu {rec['cpu_seconds']:.0f} s, "
               f"load {rec['load_before'][0]:.1f} -> {rec['load_after'][0]:.1f}, "
               f"rc {rec['returncode']}", flush=True)
     ok = [r for r in runs if r["returncode"] == 0]

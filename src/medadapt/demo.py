@@ -139,7 +139,8 @@ def own_steps(cls, resolved: dict, n_items: int) -> int | None:
     n_per = resolved["method"].get("n_iters_per_shot")
     if n_per:  # CLIP-LoRA: 500 x shots iterations
         return int(n_per) * int(resolved["shots"])
-    return int(resolved["train"]["epochs"]) * steps_per_epoch(n_items, resolved["train"]["batch_size"])
+    t = resolved["train"]
+    return int(t["epochs"]) * steps_per_epoch(n_items, t["batch_size"])
 
 
 def make_jobs(backbone: str, fewshot_ds: str, concept_ds: str | None, methods: list[str],
@@ -462,7 +463,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="medadapt-demo", help="report folder (finished runs in it are "
                                                           "reused)")
     p.add_argument("--shots", type=int, nargs="+", default=None,
-                   help=f"shot counts (default: {' '.join(map(str, SHOTS))} on the synthetic world)")
+                   help=f"shot counts (default: {' '.join(map(str, SHOTS))} on the synthetic "
+                        "world)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help=f"seeds (default: {' '.join(map(str, SEEDS))})")
     p.add_argument("--methods", nargs="+", default=None, help="subset of methods (default: all)")
@@ -480,5 +482,6 @@ def add_parser(sub) -> None:
     p.add_argument("--tiny", action="store_true",
                    help="use the tiny random backbone on real tiles (pipeline check only)")
     p.add_argument("--data", default=None,
-                   help="class-folder data set for --tiny (default: ../shared/data/crc-val-he-7k-sample)")
+                   help="class-folder data set for --tiny (default: "
+                        "../shared/data/crc-val-he-7k-sample)")
     p.set_defaults(func=run_demo)

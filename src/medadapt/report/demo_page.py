@@ -176,7 +176,8 @@ def short_budget(m: str, rs) -> str:
 
 def b2n_table(rows, shots) -> str:
     by = _by(rows, "fewshot")
-    methods = [m for m in dict.fromkeys(r["method"] for r in _ok(rows) if r.get("task") == "fewshot")
+    names = dict.fromkeys(r["method"] for r in _ok(rows) if r.get("task") == "fewshot")
+    methods = [m for m in names
                if any(any(x is not None for x in (by.get((m, k)) or {}).get("novel") or [])
                       for k in shots)]
     head = ["method"] + [f"{k}-shot {w}" for k in shots for w in ("base", "novel", "HM")]
@@ -484,7 +485,8 @@ def write_demo_report(out: Path, rows: list[dict], skipped: dict[str, str], meta
     md += ["# medadapt demo", ""]
     if warn:
         md += [warn, ""]
-    intro = (f"Backbone `{bb}`; few-shot task `{ds}` under the base-to-novel protocol: methods train "
+    intro = (f"Backbone `{bb}`; few-shot task `{ds}` under the base-to-novel protocol: methods "
+             "train "
            "on K shots per base class, the table is the accuracy on the base classes' test "
            "images, and the panel below adds the novel classes. Test accuracy in %, mean ± std "
            f"over seeds {meta['seeds']}. Total time {meta['elapsed_seconds'] / 60:.1f} min "
@@ -493,11 +495,13 @@ def write_demo_report(out: Path, rows: list[dict], skipped: dict[str, str], meta
     md += [intro, ""]
     sections = []  # (title, [(kind, obj)])
     sections.append(("Few-shot accuracy", [
-        ("md", "Budget (optimisation steps per run, one number per shot count): *own schedule* = the method's "
+        ("md", "Budget (optimisation steps per run, one number per shot count): *own schedule* "
+               "= the method's "
                "own defaults for this protocol and shot count (its paper's released schedule, as "
                "`medadapt fit` runs it; `medadapt methods NAME` lists them with their sources); "
                "**reduced budget** = a method that runs the image encoder in every step, trained "
-               f"for about {meta.get('pixel_steps')} steps (at least {meta.get('pixel_min_epochs')} "
+               f"for about {meta.get('pixel_steps')} steps (at least "
+               f"{meta.get('pixel_min_epochs')} "
                "epochs) at its own batch size, learning rate and warm-up"
                + (f"; `--max-steps {meta['max_steps']}` caps every method" if meta.get("max_steps")
                   else "") + ". *Demo setting* = a stated demo-only deviation (see Budgets)."),
