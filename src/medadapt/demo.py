@@ -458,10 +458,10 @@ def add_parser(sub) -> None:
     import argparse
     p = sub.add_parser("demo", help="offline end-to-end example: every method, a few shot counts, "
                                     "2 seeds, base-to-novel and SCALE, with a report",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=__doc__)
-    p.add_argument("--out", default="medadapt-demo", help="report folder (finished runs in it are "
-                                                          "reused)")
+    p.add_argument("--out", default="medadapt-demo", help="report folder (default: "
+                   "medadapt-demo); the demo's finished runs in it are reused")
     p.add_argument("--shots", type=int, nargs="+", default=None,
                    help=f"shot counts (default: {' '.join(map(str, SHOTS))} on the synthetic "
                         "world)")
@@ -472,10 +472,11 @@ def add_parser(sub) -> None:
                    help="parallel run processes (default: one per CPU core, at most 8)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads with --workers 1 (default: torch's own choice)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--pixel-steps", type=int, default=PIXEL_STEPS,
                    help="reduced budget (optimisation steps per run) of the methods that run the "
-                        "image encoder in every step; never more than their own schedule")
+                        "image encoder in every step, at least 5 epochs; never more than their own "
+                        f"schedule (default: {PIXEL_STEPS})")
     p.add_argument("--max-steps", type=int, default=None,
                    help="cap every method at about this many steps per run (a quick look; every "
                         "capped method is marked as a reduced budget)")
