@@ -340,7 +340,11 @@ def concept_examples(run_dir: Path, n: int = 4) -> dict:
                       "true_concepts": list(rec.concepts),
                       "predicted": names[int(prob[j].argmax())],
                       "p": float(prob[j].max()), "top_concepts": extra[j].get("top_concepts", "")})
-    return {"run": str(sdir), "items": items, "dataset": cfg["dataset"]}
+    try:
+        where = str(Path(sdir).relative_to(Path(run_dir).parent.parent))
+    except ValueError:
+        where = str(sdir)
+    return {"run": where, "items": items, "dataset": cfg["dataset"]}
 
 
 def concept_figure(ex: dict, out: Path) -> Path | None:
@@ -559,7 +563,11 @@ def write_demo_report(out: Path, rows: list[dict], skipped: dict[str, str], meta
 
     for title, items in sections:
         md += [f"## {title}", ""]
+        prev = None
         for kind, obj in items:
+            if prev == "li" and kind != "li":
+                md.append("")
+            prev = kind
             if kind == "figure":
                 p, alt = obj
                 if p is not None:
