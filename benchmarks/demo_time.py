@@ -78,6 +78,17 @@ def one_run(extra: list[str], keep: Path | None) -> dict:
     return rec
 
 
+def _git() -> dict:
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD"), "subject": git("log", "-1", "--format=%s"),
+            "dirty": bool(git("status", "--porcelain"))}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = []
@@ -88,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=3, help="cold-cache runs")
     ap.add_argument("--out-json", default=str(HERE / "results" / "demo_time.json"))
     ap.add_argument("--keep", default=None, help="copy the last run's report folder here")
+    ap.add_argument("--note", default="", help="free text stored with the result (e.g. the load)")
     a = ap.parse_args(argv)
     from _machine import machine
     runs = []
@@ -107,7 +119,7 @@ def main(argv=None) -> int:
     if ok:
         summary["median_cpu_seconds_per_core"] = round(summary["median_cpu_seconds"] / cores, 1)
     out = {"benchmark": "demo_time", "argv": ["python", "benchmarks/demo_time.py", *sys.argv[1:]],
-           "machine": machine(), "summary": summary, "runs": runs}
+           "tree": _git(), "note": a.note, "machine": machine(), "summary": summary, "runs": runs}
     Path(a.out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out_json).write_text(json.dumps(out, indent=1))
     print(json.dumps(summary, indent=1))
