@@ -76,7 +76,9 @@ def test_layer_hook_sees_and_changes_hidden_states(bb):
     with bb.layer_hooks([("text", 1, spy("text")), ("vision", 0, spy("vision"))]):
         assert torch.allclose(bb.encode_text(ids), base_t, atol=1e-6)
         assert torch.allclose(bb.encode_image(x), base_i, atol=1e-6)
-    assert seen["text"] == (1, bb.context_length, bb.text_width)
+    # causal towers run only up to the last end token (Backbone.trim_text_padding)
+    n_text = int(bb.eos_positions(ids).max()) + 1 if bb.trim_text_padding else bb.context_length
+    assert seen["text"] == (1, n_text, bb.text_width)
     assert seen["vision"][0] == 1 and seen["vision"][2] == bb.vision_width
     # appending tokens to the vision sequence (deep visual prompts) works and changes the output
     with bb.layer_hooks([("vision", 0, lambda h: torch.cat([h, torch.ones_like(h[:, :2])], 1))]):

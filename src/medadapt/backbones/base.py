@@ -52,6 +52,10 @@ class Backbone(nn.Module):
     """The interface every method uses. Subclasses wrap one library model (``self.model``)."""
 
     family: str = ""
+    # Causal text tower pooled at the end token (CLIP): the end token sees only the tokens before
+    # it, so ``encode_text`` cuts the padding after the batch's last end token (same features,
+    # fewer positions to run; prompt learners re-encode their prompts in every step).
+    trim_text_padding: bool = False
 
     def __init__(self, name: str, source: str):
         super().__init__()
@@ -134,12 +138,17 @@ class Backbone(nn.Module):
                     normalize: bool = True) -> torch.Tensor:
         """Text features from token ids, or from token embeddings ``[N, L, W]`` laid over ``ids``."""
         ids = ids.to(self.device)
+        if embeddings is not None and embeddings.shape[:2] != ids.shape:
+            raise ValueError(f"embeddings {tuple(embeddings.shape)} do not match ids "
+                             f"{tuple(ids.shape)}")
+        if self.trim_text_padding and ids.shape[1] > 1:
+            n = int(self.eos_positions(ids).max()) + 1
+            if n < ids.shape[1]:
+                ids = ids[:, :n]
+                embeddings = None if embeddings is None else embeddings[:, :n]
         if embeddings is None:
             x = self._encode_text(ids)
         else:
-            if embeddings.shape[:2] != ids.shape:
-                raise ValueError(f"embeddings {tuple(embeddings.shape)} do not match ids "
-                                 f"{tuple(ids.shape)}")
             table = self.token_embedding
             # a library may embed fewer tokens than ``ids`` holds (CONCH drops the last slot to
             # make room for its CLS): the embeddings are laid over the same leading positions

@@ -21,6 +21,7 @@ def transforms_from_image_processor(ip, train: bool = False):
 
 class HFCLIPBackbone(Backbone):
     family = "hf_clip"
+    trim_text_padding = True  # causal mask, absolute positions 0..L-1, pooled at the end token
 
     def __init__(self, model: nn.Module, tokenizer, image_processor, name: str, source: str):
         super().__init__(name, source)
