@@ -240,19 +240,23 @@ def run_job(job: dict, out: str) -> dict:
     t0, c0 = time.time(), time.process_time()
     row = {k: job[k] for k in ("key", "method", "dataset", "protocol", "shots", "task", "budget")}
     run_dir = Path(out) / "runs" / job["key"]
+    # The demo's stamp of a run sits beside it (the run folder itself is plain medadapt's, so
+    # fit's own rules on resuming apply): a folder without a stamp is not the demo's to touch.
+    stamp_file = run_dir.parent / f"{job['key']}.demo_job.json"
     stamp = json.dumps({"cfg": job["cfg"], "seeds": job["seeds"]}, sort_keys=True)
     if run_dir.exists():  # a finished run is reused only if the demo asked for the same run
-        old = run_dir / "demo_job.json"
-        if not old.exists():
+        if not stamp_file.exists():
             return {**row, "error": f"{run_dir} exists and was not written by this demo "
-                                    "(no demo_job.json); pass another --out", "wall_seconds": 0.0}
-        if old.read_text() != stamp:  # the demo's own earlier run with other settings
+                                    f"(no {stamp_file.name}); pass another --out",
+                    "wall_seconds": 0.0}
+        if stamp_file.read_text() != stamp:  # the demo's own earlier run with other settings
             import shutil
             shutil.rmtree(run_dir)
     try:
-        runner = Runner(job["cfg"], run_dir, resume=True, quiet=True, progress=False)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "demo_job.json").write_text(stamp)
+        runner = Runner(job["cfg"], run_dir, resume=run_dir.exists(), quiet=True,
+                        progress=False)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        stamp_file.write_text(stamp)
         res = runner.run()["results"]
     except UserError as e:
         return {**row, "error": str(e), "wall_seconds": time.time() - t0}
