@@ -173,10 +173,10 @@ def _write_report(out: Path, rows, failures, backbone, dataset, shots, meaningfu
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from medadapt.helpfmt import HelpFormatter
     p = sub.add_parser("demo", help="offline end-to-end example (all methods, a few shot counts, "
                                     "2 seeds) with a table and a plot",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description=__doc__)
     p.add_argument("--out", default="medadapt-demo", help="report folder (runs are resumed if it "
                                                           "exists)")

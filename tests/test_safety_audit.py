@@ -1,0 +1,152 @@
+"""Hostile-user audit after issue 13 (a13): regressions found by driving the merged CLI through
+bad inputs and faults. Each test fails if its fix is removed; data-loss tests assert that the
+user's files still exist afterwards."""
+import argparse
+import csv
+import shutil
+
+import pytest
+
+from conftest import CRC, run_cli
+
+
+def fit(out, *extra, dataset=None, method="linear-probe", shots=1):
+    return run_cli("fit", "--backbone", "tiny-hf-clip", "--dataset", dataset or f"folder:{CRC}",
+                   "--method", method, "--shots", shots, "--out", out, "--quiet",
+                   "--set", "train.epochs=1", *extra)
+
+
+def last_error(capsys) -> str:
+    err = [l for l in capsys.readouterr().err.strip().splitlines() if l.startswith("medadapt")]
+    assert err, "no error line"
+    return err[-1]
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    if not CRC.exists():
+        pytest.skip("shared data missing")
+    out = tmp_path_factory.mktemp("audit") / "lp2"
+    assert fit(out, "--seeds", "1", "2") == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# --overwrite replaces only what medadapt wrote
+def test_overwrite_refuses_a_run_folder_holding_user_files(tmp_path, capsys, two_seeds):
+    run = shutil.copytree(two_seeds, tmp_path / "run")
+    (run / "analysis.ipynb").write_text("{}")
+    (run / "seed2" / "notes.md").write_text("mine")
+    assert fit(run, "--overwrite") == 2
+    msg = last_error(capsys)
+    assert "did not write" in msg and "analysis.ipynb" in msg and "seed2/notes.md" in msg
+    assert (run / "analysis.ipynb").exists() and (run / "seed2" / "notes.md").exists()
+    assert (run / "seed1" / "params.safetensors").exists()  # the old run is untouched
+    (run / "analysis.ipynb").unlink()
+    (run / "seed2" / "notes.md").unlink()
+    assert fit(run, "--overwrite") == 0  # a clean run folder is replaced
+    assert (run / "results.json").exists() and not (run / "seed1").exists()
+
+
+def test_overwrite_refuses_a_project_folder_that_looks_like_a_run(tmp_path, capsys, shared_data):
+    proj = tmp_path / "proj"  # the user's own medadapt config and notes
+    proj.mkdir()
+    (proj / "config.yaml").write_text("method: coop\nbackbone: plip\n")
+    (proj / "results.json").write_text("{}")
+    (proj / "notes.md").write_text("months of notes")
+    assert fit(proj, "--overwrite") == 2
+    assert "notes.md" in last_error(capsys)
+    assert (proj / "notes.md").read_text() == "months of notes"
+
+
+def test_foreign_entries_knows_every_file_fit_writes(tmp_path, two_seeds):
+    from medadapt.engine.rundir import foreign_entries
+    assert foreign_entries(two_seeds) == []
+    run = shutil.copytree(two_seeds, tmp_path / "r")
+    for name in ("checkpoint.safetensors", "checkpoint_state.pt", "results.json.tmp123",
+                 "config.yaml.tmp", "bench.json"):
+        (run / "seed1" / name).write_text("x")
+    assert foreign_entries(run) == []
+    (run / "predictions.csv").write_text("x")
+    (run / "data").mkdir()
+    assert foreign_entries(run) == ["data/", "predictions.csv"]
+
+
+def test_instruct_train_overwrite_refuses_a_folder_with_user_files(tmp_path):
+    from medadapt.errors import UserError
+    from medadapt.instruct.config import TrainConfig
+    from medadapt.instruct.train import train
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("x")
+    (out / "final").mkdir()
+    with pytest.raises(UserError, match="did not write"):
+        train(TrainConfig(), "no-model", tmp_path / "none.jsonl", out, overwrite=True)
+    assert (out / "thesis.tex").exists() and (out / "final").is_dir()
+
+
+def test_instruct_train_overwrite_restores_the_old_run_when_the_new_one_fails(tmp_path):
+    from medadapt.errors import UserError
+    from medadapt.instruct.config import TrainConfig
+    from medadapt.instruct.train import train
+    out = tmp_path / "run"
+    (out / "final").mkdir(parents=True)
+    (out / "final" / "model.safetensors").write_text("weights")
+    (out / "train_summary.json").write_text("{}")
+    with pytest.raises(UserError):  # the data file does not exist: the new run fails
+        train(TrainConfig(), "no-model", tmp_path / "none.jsonl", out, overwrite=True)
+    assert (out / "final" / "model.safetensors").read_text() == "weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no hidden leftovers
+
+
+# ------------------------------------------------------------------------------------------------
+# predict on a multi-seed run uses every seed (or the one --seed picks)
+def test_predict_multi_seed_averages_every_seed_and_says_so(tmp_path, capsys, two_seeds):
+    import numpy as np
+    tum = CRC / "TUM"
+    for s in (1, 2):
+        assert run_cli("predict", "--run", two_seeds, tum, "--out", tmp_path / f"s{s}.csv",
+                       "--seed", s, "--quiet") == 0
+    capsys.readouterr()
+    assert run_cli("predict", "--run", two_seeds, tum, "--out", tmp_path / "all.csv", "--quiet") == 0
+    assert "all 2 seeds" in capsys.readouterr().err
+
+    def probs(name):
+        rows = list(csv.DictReader(open(tmp_path / name)))
+        return np.array([[float(v) for k, v in r.items() if k.startswith("p(")] for r in rows])
+    p1, p2, pm = probs("s1.csv"), probs("s2.csv"), probs("all.csv")
+    assert not np.allclose(p1, p2)  # the seeds' models differ ...
+    np.testing.assert_allclose(pm, (p1 + p2) / 2, atol=2e-6)  # ... and the default is their mean
+    assert run_cli("predict", "--run", two_seeds, tum, "--out", tmp_path / "x.csv", "--seed", 7) == 2
+    assert "no finished seed 7" in last_error(capsys)
+    assert not (tmp_path / "x.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# --help: every option says what it does and its default
+def _all_parsers(p, path=()):
+    yield path, p
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sp in a.choices.items():
+                yield from _all_parsers(sp, path + (name,))
+
+
+def test_help_of_every_subcommand_explains_every_option_with_its_default():
+    from medadapt.cli import build_parser
+    missing = []
+    n = 0
+    for path, p in _all_parsers(build_parser()):
+        fmt = p._get_formatter()
+        p.format_help()  # prints without error
+        for a in p._actions:
+            if isinstance(a, (argparse._HelpAction, argparse._VersionAction,
+                              argparse._SubParsersAction)) or not a.option_strings:
+                continue
+            n += 1
+            text = fmt._expand_help(a) if a.help else ""
+            if not a.help or ("default" not in text.lower() and not a.required
+                              and "required" not in text.lower()):
+                missing.append(f"{' '.join(path)} {a.option_strings[-1]}")
+            assert "(default: None)" not in text and "(default: [])" not in text, (path, text)
+    assert n > 100 and not missing, missing
