@@ -150,3 +150,19 @@ def test_help_of_every_subcommand_explains_every_option_with_its_default():
                 missing.append(f"{' '.join(path)} {a.option_strings[-1]}")
             assert "(default: None)" not in text and "(default: [])" not in text, (path, text)
     assert n > 100 and not missing, missing
+
+
+# ------------------------------------------------------------------------------------------------
+# eval --dataset with an external test set holding some of the trained classes
+def test_eval_on_a_data_set_with_a_subset_of_the_classes(tmp_path, capsys, two_seeds):
+    ext = tmp_path / "external"
+    for c in ("TUM", "NORM"):
+        shutil.copytree(CRC / c, ext / c)
+    assert run_cli("eval", "--run", two_seeds, "--dataset", f"folder:{ext}", "--quiet") == 0
+    cap = capsys.readouterr()
+    assert "2 of the run's 8 classes" in cap.err and "seed 2:" in cap.out
+    other = tmp_path / "other"
+    for c in ("cats", "TUM"):
+        shutil.copytree(CRC / "TUM", other / c)
+    assert run_cli("eval", "--run", two_seeds, "--dataset", f"folder:{other}", "--quiet") == 2
+    assert "not trained on (cats;" in last_error(capsys)

@@ -571,16 +571,32 @@ def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, m
     ds = memo[spec]
     names = method.texts.classnames
     lower = {c.lower(): i for i, c in enumerate(ds.classnames)}
+    trained = {n.lower(): j for j, n in enumerate(names)}
     if all(n.lower() in lower for n in names):
         classes = [lower[n.lower()] for n in names]
+        cmap = {c: j for j, c in enumerate(classes)}
+        metric_names = [ds.classnames[c] for c in classes]
+    elif all(c.lower() in trained for c in ds.classnames):
+        # an external test set with some of the trained classes: the model still chooses among
+        # all of its classes; the metrics cover the classes present
+        classes = list(range(ds.num_classes))
+        cmap = {c: trained[ds.classnames[c].lower()] for c in classes}
+        metric_names = list(names)
+        print(f"medadapt: note: {spec} has {ds.num_classes} of the run's {len(names)} classes; "
+              "predictions still range over all of them", file=sys.stderr)
     else:  # another data set's classes: methods that can take new class names switch to them
         if not method.supports_novel:
+            unknown = [c for c in ds.classnames if c.lower() not in trained]
             raise UserError(f"{method.name} cannot evaluate on classes it was not trained on "
-                            f"({ds.classnames})")
+                            f"({', '.join(unknown[:6])}{' ...' if len(unknown) > 6 else ''}; "
+                            f"trained: {', '.join(names)})")
         method.set_classes(class_texts_for(cfg, ds, ds.classnames, method.needs_descriptions))
         classes = list(range(ds.num_classes))
+        cmap = {c: j for j, c in enumerate(classes)}
+        metric_names = list(ds.classnames)
     idx = ds.indices("test", classes)
-    cmap = {c: j for j, c in enumerate(classes)}
+    if not idx:
+        raise UserError(f"{spec}: no test images to evaluate on")
     cache = FeatureCache(enabled=cfg["data"]["cache"], precision=cfg["data"].get("precision", "auto"))
     eng = Engine(cfg["train"], device=str(backbone.device), progress=progress)
     if method.needs_images:
@@ -590,7 +606,7 @@ def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, m
         idx = [i for i in idx if i not in set(bad)]
         split = Split(ds, idx, torch.tensor([cmap[ds.records[i].label] for i in idx]), feats)
     logits = eng.logits(method, split)
-    m = classification_metrics(split.labels.numpy(), logits.numpy(), [ds.classnames[c] for c in classes])
+    m = classification_metrics(split.labels.numpy(), logits.numpy(), metric_names)
     return {"run": str(run), "seed_dir": str(sdir), "seed": seed,
             "dataset": dataset or cfg["dataset"], "metrics": m}
 
