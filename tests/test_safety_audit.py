@@ -166,3 +166,28 @@ def test_eval_on_a_data_set_with_a_subset_of_the_classes(tmp_path, capsys, two_s
         shutil.copytree(CRC / "TUM", other / c)
     assert run_cli("eval", "--run", two_seeds, "--dataset", f"folder:{other}", "--quiet") == 2
     assert "not trained on (cats;" in last_error(capsys)
+
+
+# ------------------------------------------------------------------------------------------------
+# registered data sets: hidden files skipped, thin classes warned about as for folder: data sets
+def test_registered_data_set_skips_hidden_files_and_warns_about_thin_classes(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from medadapt.data.sets.lc25000 import LC25000_FOLDERS
+    from medadapt.data.sources import load_dataset
+    root = tmp_path / "lung_colon_image_set"
+    for k, f in enumerate(LC25000_FOLDERS):
+        d = root / f
+        d.mkdir(parents=True)
+        for i in range(1 if f.endswith("lung_scc") else 6):
+            Image.fromarray(np.full((8, 8, 3), 40 * k + i, np.uint8)).save(d / f"{i}.jpeg")
+        (d / "._0.jpeg").write_bytes(b"macOS resource fork")  # not an image
+    (root / "colon_image_sets" / "colon_n" / ".thumbs").mkdir()
+    (root / "colon_image_sets" / "colon_n" / ".thumbs" / "t.jpeg").write_bytes(b"junk")
+    ds = load_dataset(f"lc25000:{tmp_path}")
+    assert len(ds.records) == 25 and not any("/." in r.id or r.id.startswith(".")
+                                             for r in ds.records)
+    err = capsys.readouterr().err
+    assert "'lung squamous cell carcinoma' has 1 image(s) and no test image" in err
+    assert err.count("warning") == 1

@@ -61,6 +61,9 @@ def load_dataset(spec: str, **options) -> DataSet:
         raise UserError(f"data set {info.name!r} not found at {root}; {how} "
                         f"(or pass {info.name}:PATH, or set MEDADAPT_DATA)")
     ds = info.build(root, **options)
+    if root is not None:  # what folder: data sets warn about, for a partial or edited download
+        warn_empty_classes(ds, f"{info.name} ({root})")
+        warn_thin_classes(ds, f"{info.name} ({root})")
     ds.meta.setdefault("template_set", info.template_set)
     if info.descriptions:
         ds.meta.setdefault("descriptions", info.descriptions)
@@ -109,6 +112,17 @@ def check_class_names(names: list[str], raw: list[str], where: str) -> None:
             raise UserError(f"{where}: class labels {seen[key]!r} and {r!r} both become the class "
                             f"name {n!r}; rename one of them")
         seen[key] = r
+
+
+def warn_empty_classes(ds: DataSet, where: str) -> None:
+    """A registered data set keeps its fixed class list: a class without a single image (a partial
+    download, a deleted folder) is kept but cannot be trained or tested: say so."""
+    counts = np.bincount(ds.labels, minlength=ds.num_classes) if len(ds.records) else \
+        np.zeros(ds.num_classes, dtype=int)
+    for c, name in enumerate(ds.classnames):
+        if not counts[c]:
+            warn(f"{where}: class {name!r} has no images; it cannot be trained or tested "
+                 "(a partial download?)")
 
 
 def warn_thin_classes(ds: DataSet, where: str) -> None:
