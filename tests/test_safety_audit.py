@@ -191,3 +191,23 @@ def test_registered_data_set_skips_hidden_files_and_warns_about_thin_classes(tmp
     err = capsys.readouterr().err
     assert "'lung squamous cell carcinoma' has 1 image(s) and no test image" in err
     assert err.count("warning") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# npz files that are not npz files: named, not numpy's "pickled data" message
+@pytest.mark.parametrize("content, says", [(b"<html>502 Bad Gateway</html>", "not a zip archive"),
+                                           (b"", "empty"), ("npy", "single .npy array")])
+def test_npz_that_is_not_an_npz_is_refused_by_name(tmp_path, content, says):
+    import numpy as np
+
+    from medadapt.data.sources import load_dataset
+    from medadapt.errors import UserError
+    for name in ("mine.npz", "pathmnist.npz"):  # generic and MedMNIST-named readers
+        f = tmp_path / name
+        if content == "npy":
+            np.save(tmp_path / "a.npy", np.zeros(3))
+            (tmp_path / "a.npy").rename(f)
+        else:
+            f.write_bytes(content)
+        with pytest.raises(UserError, match=says):
+            load_dataset(f"npz:{f}")

@@ -17,8 +17,8 @@ from medadapt.data.catalog import (DATASETS, IMAGE_EXTS, DatasetInfo,  # noqa: F
                                    cache_home, data_home)
 from medadapt.data.dataset import (DataSet, Record, array_to_rgb, files_fingerprint, open_rgb,
                                    stratified_split)
-from medadapt.data.sets.medmnist import (MEDMNIST_CLASSES, medmnist_from_npz,  # noqa: F401
-                                         npz_records)
+from medadapt.data.sets.medmnist import (MEDMNIST_CLASSES, check_npz_file,  # noqa: F401
+                                         medmnist_from_npz, npz_records)
 from medadapt.errors import UserError
 
 CONCEPT_SEP = ";"
@@ -290,6 +290,7 @@ def from_npz(path: str, classnames: list[str] | None = None, name: str | None = 
         if shipped_descriptions(f"{stem}.json").exists():
             ds.meta.setdefault("descriptions", f"{stem}.json")
         return ds
+    check_npz_file(f)
     try:
         z = np.load(f, allow_pickle=False)
         arrays = {k: z[k] for k in z.files}
