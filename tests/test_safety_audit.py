@@ -211,3 +211,40 @@ def test_npz_that_is_not_an_npz_is_refused_by_name(tmp_path, content, says):
             f.write_bytes(content)
         with pytest.raises(UserError, match=says):
             load_dataset(f"npz:{f}")
+
+
+# ------------------------------------------------------------------------------------------------
+# settings a method never reads are still checked (linear-probe does not use the engine's
+# optimiser or schedule); non-finite numbers; protocol-only data settings
+@pytest.mark.parametrize("setting, says", [
+    ("train.sched_unit=epochs", "train.sched_unit must be one of epoch, step, got 'epochs'; did "
+                                "you mean 'epoch'?"),
+    ("train.backbone_mode=frozen", "train.backbone_mode must be one of eval, train"),
+    ("train.optimizer=adamm", "did you mean 'adamw'?"),
+    ("train.warmup=cosine", "train.warmup must be one of constant, linear"),
+    ("data.precision=fp64", "data.precision must be one of auto, fp32, fp16, bf16"),
+    ("train.eps=0", "train.eps must be > 0"),
+    ("train.eps=-1e-8", "train.eps must be > 0"),
+    ("train.lr=.inf", "train.lr must be a finite number"),
+    ("method.max_iter=.nan", "method.max_iter must be"),
+    ("data.base=[ADI]", "data.base applies only to the base-to-novel protocol"),
+    ("data.train_domain=colon", "data.train_domain applies only to the cross-domain protocol"),
+])
+def test_settings_no_method_reads_are_still_checked(setting, says):
+    from medadapt.engine.runner import resolve
+    from medadapt.errors import UserError
+    cfg = {"backbone": "tiny-hf-clip", "dataset": "folder:x", "method": "linear-probe"}
+    from medadapt.config import apply_sets
+    with pytest.raises(UserError) as e:
+        resolve(apply_sets(cfg, [setting]))
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_enum_settings_accept_their_values():
+    from medadapt.config import apply_sets
+    from medadapt.engine.runner import resolve
+    cfg = {"backbone": "tiny-hf-clip", "dataset": "folder:x", "method": "coop",
+           "protocol": "base-to-novel"}
+    resolve(apply_sets(cfg, ["train.sched_unit=step", "train.backbone_mode=train",
+                             "train.optimizer=adamw", "train.warmup=linear", "train.eps=1e-4",
+                             "data.precision=bf16", "data.base=[ADI]"]))
