@@ -248,3 +248,22 @@ def test_enum_settings_accept_their_values():
     resolve(apply_sets(cfg, ["train.sched_unit=step", "train.backbone_mode=train",
                              "train.optimizer=adamw", "train.warmup=linear", "train.eps=1e-4",
                              "data.precision=bf16", "data.base=[ADI]"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# descriptions import: binary input, --out a folder or unwritable
+def test_descriptions_import_bad_files_and_outputs(tmp_path, capsys):
+    src = tmp_path / "ok.py"
+    src.write_text("TEMPLATES = {'a': ['x.'], 'b': ['y.']}\n")
+    binary = tmp_path / "bin.py"
+    binary.write_bytes(bytes(range(256)))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    cases = [((binary, tmp_path / "d.json"), "not valid Python"),
+             ((src, folder, "--overwrite"), "is a folder"),
+             ((src, "/proc/medadapt-x.json"), "cannot write")]
+    for args, says in cases:
+        assert run_cli("descriptions", "import", *args) == 2
+        assert says in last_error(capsys)
+    assert (folder / "keep.txt").read_text() == "mine"
