@@ -260,10 +260,16 @@ def test_descriptions_import_bad_files_and_outputs(tmp_path, capsys):
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
-    cases = [((binary, tmp_path / "d.json"), "not valid Python"),
-             ((src, folder, "--overwrite"), "is a folder"),
-             ((src, "/proc/medadapt-x.json"), "cannot write")]
+    cases = [((binary, "--out", tmp_path / "d.json"), "not valid Python"),
+             ((src, "--out", folder, "--overwrite"), "is a folder"),
+             ((src, "--out", "/proc/medadapt-x.json"), "cannot write")]
     for args, says in cases:
         assert run_cli("descriptions", "import", *args) == 2
         assert says in last_error(capsys)
     assert (folder / "keep.txt").read_text() == "mine"
+
+
+def test_out_on_a_file_system_that_refuses_writes_is_one_line(capsys, shared_data):
+    # /proc refuses new files even for root, for whom os.access() says "writable"
+    assert fit("/proc/medadapt-audit-run") == 2
+    assert "cannot write in /proc" in last_error(capsys)

@@ -102,9 +102,17 @@ class run_lock:
             import fcntl
         except ImportError:  # not POSIX: no lock
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {self.out}: cannot create {self.path.parent} "
+                            f"({e.strerror or e})") from None
         while True:
-            fh = open(self.path, "a+")
+            try:
+                fh = open(self.path, "a+")
+            except OSError as e:  # read-only or special file system (root ignores permissions)
+                raise UserError(f"--out {self.out}: cannot write in {self.path.parent} "
+                                f"({e.strerror or e})") from None
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
