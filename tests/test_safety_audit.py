@@ -273,3 +273,27 @@ def test_out_on_a_file_system_that_refuses_writes_is_one_line(capsys, shared_dat
     # /proc refuses new files even for root, for whom os.access() says "writable"
     assert fit("/proc/medadapt-audit-run") == 2
     assert "cannot write in /proc" in last_error(capsys)
+
+
+# ------------------------------------------------------------------------------------------------
+# instruct build: typed source keys, binary sources, --out inside the source data
+def test_instruct_build_bad_sources_are_one_line(tmp_path, capsys, shared_data):
+    data = tmp_path / "data"
+    shutil.copytree(CRC, data)
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    cases = [(f"kind=class-folder,path={data},limit=abc", "limit must be a positive integer"),
+             (f"kind=class-folder,path={data},limit=0", "limit must be a positive integer"),
+             (f"kind=class-folder,path={data},split=tset", "split must be one of"),
+             (f"kind=class-csv,path={binary}", "not UTF-8 text"),
+             (f"kind=class-csv,path={data}", "is a folder")]
+    for spec, says in cases:
+        assert run_cli("instruct", "build", "--source", spec, "--out", tmp_path / "b") == 2
+        assert says in last_error(capsys), spec
+    for out in (data, data / "ADI" / "built"):
+        assert run_cli("instruct", "build", "--source", f"kind=class-folder,path={data}",
+                       "--out", out, "--export", "none") == 2
+        assert "inside the source folder" in last_error(capsys)
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert not (tmp_path / "b").exists()
