@@ -297,3 +297,27 @@ def test_instruct_build_bad_sources_are_one_line(tmp_path, capsys, shared_data):
         assert "inside the source folder" in last_error(capsys)
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
     assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# report --out: never a user's folder; only the earlier report's own figures are replaced
+def test_report_never_writes_into_or_deletes_from_a_user_folder(tmp_path, capsys, two_seeds):
+    runs = tmp_path / "runs"
+    shutil.copytree(two_seeds, runs / "lp")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.png").write_bytes(b"png")
+    assert run_cli("report", runs, "--no-tsne", "--quiet", "--out", photos) == 2
+    assert "not a medadapt report" in last_error(capsys)
+    assert run_cli("report", runs, "--no-tsne", "--quiet", "--out", photos / "holiday.png") == 2
+    assert "is a file" in last_error(capsys)
+    assert run_cli("report", runs / "lp" / "config.yaml", "--no-tsne", "--quiet") == 2
+    assert "is a file" in last_error(capsys)
+    assert (photos / "holiday.png").read_bytes() == b"png"
+    rep = tmp_path / "rep"
+    assert run_cli("report", runs, "--no-tsne", "--quiet", "--out", rep) == 0
+    (rep / "my_plot.png").write_bytes(b"mine")  # the user's own figure in the report folder
+    assert run_cli("report", runs, "--no-tsne", "--quiet", "--out", rep) == 0
+    assert (rep / "my_plot.png").read_bytes() == b"mine"
+    assert run_cli("report", tmp_path / "empty-runs", "--quiet") == 2
+    assert not (tmp_path / "empty-runs").exists()
