@@ -321,3 +321,19 @@ def test_report_never_writes_into_or_deletes_from_a_user_folder(tmp_path, capsys
     assert (rep / "my_plot.png").read_bytes() == b"mine"
     assert run_cli("report", tmp_path / "empty-runs", "--quiet") == 2
     assert not (tmp_path / "empty-runs").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# bench: a missing data root is one line before anything runs (not one failure per run)
+def test_bench_with_missing_data_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDADAPT_DATA", str(tmp_path / "no-data-here"))
+    grid = tmp_path / "g.yaml"
+    out = tmp_path / "bench-out"
+    grid.write_text(f"out: {out}\nbackbones: [tiny-hf-clip]\ndatasets: [kather2016, "
+                    f"'folder:{tmp_path / 'gone'}']\nmethods: [linear-probe]\nshots: [1]\n"
+                    "seeds: [1]\n")
+    assert run_cli("bench", grid, "--quiet") == 2
+    msg = last_error(capsys)
+    assert "2 data set(s) not found, nothing was run" in msg and "kather2016" in msg
+    assert not out.exists()
+    assert run_cli("bench", grid, "--dry-run") == 0  # listing still works

@@ -74,6 +74,19 @@ def load_dataset(spec: str, **options) -> DataSet:
     return ds
 
 
+def data_location(spec: str) -> tuple[str, Path | None]:
+    """(name, the path a spec reads) without building the data set; ``None`` for data sets that
+    are generated. Unknown names raise the usual one-line error."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("folder", "csv", "npz"):
+        return spec, Path(rest).expanduser() if rest else None
+    _ensure_registered()
+    info = DATASETS.get(kind)
+    if rest:
+        return info.name, Path(rest).expanduser()
+    return info.name, (info.default_root() if info.needs_root else None)
+
+
 def _require_dir(path: str, what: str) -> Path:
     if not path:
         raise UserError(f"{what}: missing path (write {what}:PATH)")

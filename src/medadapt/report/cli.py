@@ -74,7 +74,7 @@ def _cmd_bench(args) -> int:
     info = {"grid": str(grid_path), "name": grid.get("name") or grid_path.stem,
             "title": grid.get("title") or grid.get("name") or grid_path.stem,
             "n_runs": len(runs), "set": list(args.set)}
-    if not args.dry_run:
+    def write_grid_copy():  # once every check has passed, before the first run
         import yaml
         Path(out).mkdir(parents=True, exist_ok=True)
         gp = Path(out) / "grid.yaml"
@@ -84,7 +84,8 @@ def _cmd_bench(args) -> int:
     res = run_bench(runs, out, grid_info=info, only=args.only, shard=shard,
                     retry_failed=not args.skip_failed, rerun_changed=args.rerun_changed,
                     reuse_backbone=not args.no_reuse_backbone, progress=not args.quiet,
-                    quiet=args.quiet, verbose=args.verbose, dry_run=args.dry_run)
+                    quiet=args.quiet, verbose=args.verbose, dry_run=args.dry_run,
+                    on_start=write_grid_copy)
     if args.dry_run:
         return 0
     c = res["counts"]
