@@ -337,3 +337,23 @@ def test_bench_with_missing_data_is_one_line_and_writes_nothing(tmp_path, capsys
     assert "2 data set(s) not found, nothing was run" in msg and "kather2016" in msg
     assert not out.exists()
     assert run_cli("bench", grid, "--dry-run") == 0  # listing still works
+
+
+# ------------------------------------------------------------------------------------------------
+# predict --out replaces only an earlier predictions CSV
+def test_predict_out_never_replaces_a_user_file_or_an_input(tmp_path, capsys, two_seeds):
+    sheet = tmp_path / "results.csv"
+    sheet.write_text("patient,score\n1,2\n")
+    img = tmp_path / "tile.png"
+    shutil.copy(next((CRC / "TUM").iterdir()), img)
+    before = img.read_bytes()
+    assert run_cli("predict", "--run", two_seeds, img, "--out", sheet, "--seed", 1) == 2
+    assert "not a medadapt predictions CSV" in last_error(capsys)
+    assert run_cli("predict", "--run", two_seeds, img, "--out", img, "--seed", 1) == 2
+    assert "one of the input images" in last_error(capsys)
+    assert sheet.read_text() == "patient,score\n1,2\n" and img.read_bytes() == before
+    own = tmp_path / "preds.csv"
+    for _ in range(2):  # an earlier predictions CSV is replaced
+        assert run_cli("predict", "--run", two_seeds, img, "--out", own, "--seed", 1,
+                       "--quiet") == 0
+    assert own.read_text().startswith("path,prediction,")

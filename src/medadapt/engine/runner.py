@@ -629,6 +629,25 @@ def predict_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
+PREDICTIONS_HEADER = "path,prediction,"
+
+
+def check_replaceable_predictions(out: Path, inputs: list[Path]) -> None:
+    """``predict --out`` replaces an existing file only when it is an earlier predictions CSV:
+    never one of the input images, never the user's own spreadsheet."""
+    o = out.resolve()
+    if any(o == f.resolve() for f in inputs):
+        raise UserError(f"--out {out} is one of the input images; give a CSV file name")
+    try:
+        with open(out, "rb") as fh:
+            head = fh.read(len(PREDICTIONS_HEADER))
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot read the existing file ({e.strerror or e})") from None
+    if head != PREDICTIONS_HEADER.encode():
+        raise UserError(f"--out {out} exists and is not a medadapt predictions CSV; it is left "
+                        "alone: choose another --out (or delete it first)")
+
+
 def _seed_of(sdir: Path) -> int | None:
     try:
         return int(_read_json(sdir / "results.json", "results.json").get("seed"))
@@ -710,6 +729,8 @@ def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: folder {out.parent} is not writable")
+    if out.exists():
+        check_replaceable_predictions(out, files)
     sdirs = predict_seed_dirs(run, seed)
     if len(sdirs) > 1:
         seeds = [_seed_of(d) for d in sdirs]
