@@ -732,11 +732,6 @@ def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None
     if out.exists():
         check_replaceable_predictions(out, files)
     sdirs = predict_seed_dirs(run, seed)
-    if len(sdirs) > 1:
-        seeds = [_seed_of(d) for d in sdirs]
-        print(f"medadapt: predicting with the models of all {len(sdirs)} seeds "
-              f"({', '.join(map(str, seeds))}) and writing the mean of their probabilities; "
-              "pick one with --seed N", file=sys.stderr)
     index = {f: j for j, f in enumerate(files)}
     total = None
     extras: dict = {}
@@ -783,6 +778,11 @@ def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if len(sdirs) > 1:
+        seeds = [_seed_of(d) for d in sdirs]
+        print(f"medadapt: predicted with the models of all {len(sdirs)} seeds "
+              f"({', '.join(map(str, seeds))}): the probabilities are their mean; pick one "
+              "seed's model with --seed N", file=sys.stderr)
     if errors:
         print(f"medadapt: {len(errors)} unreadable image(s) skipped; see the 'error' column of {out}",
               file=sys.stderr)
