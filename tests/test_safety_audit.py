@@ -357,3 +357,28 @@ def test_predict_out_never_replaces_a_user_file_or_an_input(tmp_path, capsys, tw
         assert run_cli("predict", "--run", two_seeds, img, "--out", own, "--seed", 1,
                        "--quiet") == 0
     assert own.read_text().startswith("path,prediction,")
+
+
+# ------------------------------------------------------------------------------------------------
+# demo --out is never a user's folder; texts.descriptions a folder; --out "."
+def test_demo_refuses_a_user_folder(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my report")
+    assert run_cli("demo", "--out", mine, "--tiny", "--methods", "zero-shot") == 2
+    assert "not an earlier medadapt demo" in last_error(capsys)
+    assert (mine / "report.md").read_text() == "my report"
+
+
+def test_descriptions_setting_that_is_a_folder_is_one_line(tmp_path, capsys, shared_data):
+    assert fit(tmp_path / "r", "--set", f"texts.descriptions={tmp_path}") == 2
+    assert "is a folder" in last_error(capsys)
+
+
+def test_out_dot_inside_a_run_folder(tmp_path, capsys, monkeypatch, shared_data):
+    run = tmp_path / "run"
+    assert fit(run) == 0
+    monkeypatch.chdir(run)
+    assert fit(".", "--overwrite") == 0  # replaced in place; lock and swap beside it
+    assert (run / "results.json").exists() and not list(run.glob(".*lock"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

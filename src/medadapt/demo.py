@@ -79,6 +79,13 @@ def run_demo(args) -> int:
     shots = args.shots or ([1, 4, 16] if meaningful else [1, 2])
     seeds = args.seeds or [1, 2]
     out = Path(args.out)
+    # the report folder: new, empty, or an earlier demo's (never a user's folder of files)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if (out.is_dir() and any(e.name != "runs" for e in out.iterdir())  # runs/: an interrupted demo
+            and not (out / "demo_results.json").exists()):
+        raise UserError(f"--out {out} holds files that are not an earlier medadapt demo; choose "
+                        "a new or empty folder")
     methods = _methods(args.methods)
     if not meaningful:
         print("!! synthetic world not found: running on the tiny RANDOM backbone 'tiny-hf-clip'; "

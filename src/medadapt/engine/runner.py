@@ -184,7 +184,9 @@ class Runner:
     def __init__(self, cfg: dict, out: str | Path, overwrite: bool = False, resume: bool = False,
                  quiet: bool = False, progress: bool = True):
         self.cfg = resolve(cfg)
-        self.out = Path(out)
+        # absolute and normalised: `--out .` or `--out runs/..` still have a name and a parent
+        # (the lock file and the --overwrite swap live beside the run folder)
+        self.out = Path(os.path.abspath(out))
         self.overwrite, self.resume, self.quiet, self.progress = overwrite, resume, quiet, progress
 
     def run(self) -> dict:
