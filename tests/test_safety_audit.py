@@ -382,3 +382,24 @@ def test_out_dot_inside_a_run_folder(tmp_path, capsys, monkeypatch, shared_data)
     assert fit(".", "--overwrite") == 0  # replaced in place; lock and swap beside it
     assert (run / "results.json").exists() and not list(run.glob(".*lock"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the feature cache key is the same in every process (a function's address in the transform's
+# repr made every run miss the cache and add a new file)
+def test_feature_cache_key_is_stable_across_processes(shared_data):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("from medadapt.backbones import load_backbone\n"
+            "from medadapt.data.sources import load_dataset\n"
+            "from medadapt.engine.features import FeatureCache\n"
+            f"ds = load_dataset('folder:{CRC}')\n"
+            "b = load_backbone('tiny-hf-clip', device='cpu')\n"
+            "c = FeatureCache(precision='fp32')\n"
+            "print(c.key(b, ds, 0), c.key(b, ds, 1))\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    keys = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                           check=True).stdout.split() for _ in range(2)]
+    assert len(keys[0]) == 2 and keys[0] == keys[1]
