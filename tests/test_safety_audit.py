@@ -403,3 +403,9 @@ def test_feature_cache_key_is_stable_across_processes(shared_data):
     keys = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                            check=True).stdout.split() for _ in range(2)]
     assert len(keys[0]) == 2 and keys[0] == keys[1]
+
+
+def test_zero_shot_does_not_refuse_a_small_data_set_for_its_shots(tmp_path, shared_data):
+    # zero-shot reads no training image: 16 default shots on 2 training images per class is fine
+    assert fit(tmp_path / "zs", method="zero-shot", shots=16) == 0
+    assert fit(tmp_path / "lp", method="linear-probe", shots=16) == 2  # a method that trains

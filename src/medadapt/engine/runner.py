@@ -166,7 +166,8 @@ class Prepared:
                 fs = fraction_subset(self.ds, float(d["fraction"]), seed)
             else:
                 fs = sample_fewshot(self.ds, int(cfg["shots"]), seed, self.train_classes,
-                                    allow_fewer=d["allow_fewer"], ok=ok, domain=self.train_domain)
+                                    allow_fewer=d["allow_fewer"] or not self.method_cls.uses_shots,
+                                    ok=ok, domain=self.train_domain)
             self.fewshots[seed] = fs
 
     def _ok(self, i: int) -> bool:
