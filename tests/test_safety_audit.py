@@ -409,3 +409,13 @@ def test_zero_shot_does_not_refuse_a_small_data_set_for_its_shots(tmp_path, shar
     # zero-shot reads no training image: 16 default shots on 2 training images per class is fine
     assert fit(tmp_path / "zs", method="zero-shot", shots=16) == 0
     assert fit(tmp_path / "lp", method="linear-probe", shots=16) == 2  # a method that trains
+
+
+def test_small_cli_argument_checks(capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli("methods", "coop", "--shots", "-5")
+    assert e.value.code == 2
+    assert run_cli("datasets", "kather2016", "--dest", "/tmp") == 2
+    assert "--dest only applies with --download" in last_error(capsys)
+    assert run_cli("datasets", "folder:/x") == 2
+    assert "spec for your own data" in last_error(capsys)

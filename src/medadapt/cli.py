@@ -51,6 +51,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _non_negative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
 def _list(kind: str) -> int:
     if kind == "backbones":
         from medadapt.backbones import BACKBONES, how_to_get, local_status
@@ -89,6 +99,12 @@ def _cmd_datasets(args) -> int:
         if args.download:
             raise UserError("--download needs a data set name")
         return _list("datasets")
+    if args.dest is not None and not args.download:
+        raise UserError("--dest only applies with --download")
+    kind = args.name.partition(":")[0]
+    if kind in ("folder", "csv", "npz"):
+        raise UserError(f"{args.name!r} is a spec for your own data, not a registered data set; "
+                        "`medadapt datasets` lists the registered ones")
     from medadapt.data.download import describe, download
     if args.download:
         print(f"downloaded into {download(args.name, dest=args.dest)}")
@@ -208,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "methods":
             sp.add_argument("name", nargs="?", default=None,
                             help="a method: print its defaults and where each comes from")
-            sp.add_argument("--shots", type=int, default=16,
+            sp.add_argument("--shots", type=_non_negative_int, default=16,
                             help="resolve shot-dependent defaults for K shots (0 = all data) (default: 16)")
             sp.add_argument("--protocol", default="few-shot",
                             choices=["few-shot", "base-to-novel", "cross-domain"],
