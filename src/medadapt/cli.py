@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("name", nargs="?", default=None,
                             help="a method: print its defaults and where each comes from")
             sp.add_argument("--shots", type=_non_negative_int, default=16,
-                            help="resolve shot-dependent defaults for K shots (0 = all data) (default: 16)")
+                            help="resolve shot-dependent defaults for K shots (0 = all data) "
+                                 "(default: 16)")
             sp.add_argument("--protocol", default="few-shot",
                             choices=["few-shot", "base-to-novel", "cross-domain"],
                             help="resolve protocol-dependent defaults (default: few-shot)")

@@ -13,8 +13,8 @@ import argparse
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         h = action.help or ""
-        if (action.default is argparse.SUPPRESS or "(default" in h or "; default" in h or action.required
-                or not action.option_strings):
+        if (action.default is argparse.SUPPRESS or "(default" in h or "; default" in h
+                or action.required or not action.option_strings):
             return h
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             return f"{h} (default: {'on' if action.default else 'off'})"

@@ -21,10 +21,10 @@ RESUME_IGNORED = ("device", "classnames", "data.workers", "data.batch_size", "tr
                   "data.skip_bad", "data.max_image_pixels")
 
 
-# every file ``fit`` (and ``bench``) writes into a run folder or a seed<N>/ sub-folder; anything else
+# every file ``fit`` (and ``bench``) writes into a run folder or a seed<N>/ folder; anything else
 # in a run folder is the user's, and ``--overwrite`` refuses rather than delete it
-RUN_FILES = frozenset({"config.yaml", "classes.json", "results.json", "summary.json", "fewshot.json",
-                       "params.safetensors", "log.txt", "checkpoint.safetensors",
+RUN_FILES = frozenset({"config.yaml", "classes.json", "results.json", "summary.json",
+                       "fewshot.json", "params.safetensors", "log.txt", "checkpoint.safetensors",
                        "checkpoint_state.pt", "bench.json"})
 _RUN_TMP = re.compile(r"^(config\.yaml\.tmp|[a-z_]+\.json\.tmp\d*|checkpoint(_state)?\.tmp)$")
 _SEED_DIR = re.compile(r"^seed\d+$")

@@ -222,7 +222,8 @@ class Runner:
         if exists and self.overwrite:
             foreign = foreign_entries(out)
             if foreign:
-                shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+                more = f" and {len(foreign) - 4} more" if len(foreign) > 4 else ""
+                shown = ", ".join(foreign[:4]) + more
                 raise UserError(f"--overwrite refused: {out} holds files medadapt did not write "
                                 f"({shown}); move them out first or choose another --out; nothing "
                                 "was deleted")

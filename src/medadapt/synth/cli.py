@@ -48,7 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                          "configs/synth/pretrain.yaml")
     pp.add_argument("--out", required=True, metavar="DIR",
                     help="output folder (CLIPModel + tokenizer + image processor + training.json)")
-    pp.add_argument("--seed", type=int, help="training seed (data stream and init) (default: the config's, 0)")
+    pp.add_argument("--seed", type=int, help="training seed (data stream and init) "
+                    "(default: the config's, 0)")
     pp.add_argument("--steps", type=int, help="optimizer steps (fresh pairs every step) (default: the config's, 600)")
     pp.add_argument("--batch-size", type=int, help="pairs per step (contrastive batch) (default: the config's, 128)")
     pp.add_argument("--lr", type=float, help="peak AdamW learning rate (cosine schedule) (default: the config's, 1e-3)")
