@@ -262,13 +262,14 @@ def test_predict_never_deletes_an_existing_file(tmp_path, capsys, done_run):
     out = tmp_path / "preds.csv"
     tmp_named = tmp_path / "preds.tmp"
     tmp_named.write_text("the user's own file")
-    out.write_text("old predictions")
+    old = "path,prediction,p(x)\nold.png,x,1.0\n"  # an earlier predictions CSV (a13: only
+    out.write_text(old)                             # such a file is ever replaced)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     # failure: the existing CSV and the user's .tmp file are untouched, no temp file left
     assert run_cli("predict", "--run", done_run, tile, bad, "--out", out, "--quiet") == 2
     assert "--skip-bad" in one_line_error(capsys)
-    assert out.read_text() == "old predictions"
+    assert out.read_text() == old
     assert tmp_named.read_text() == "the user's own file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "preds.csv", "preds.tmp"]
     # success replaces the CSV, still leaves preds.tmp alone

@@ -31,8 +31,7 @@ EPILOG = """examples:
 """
 
 
-class _Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+from medadapt.helpfmt import HelpFormatter as _Fmt  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +48,16 @@ def _positive_int(s: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _non_negative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
     return v
 
 
@@ -90,6 +99,12 @@ def _cmd_datasets(args) -> int:
         if args.download:
             raise UserError("--download needs a data set name")
         return _list("datasets")
+    if args.dest is not None and not args.download:
+        raise UserError("--dest only applies with --download")
+    kind = args.name.partition(":")[0]
+    if kind in ("folder", "csv", "npz"):
+        raise UserError(f"{args.name!r} is a spec for your own data, not a registered data set; "
+                        "`medadapt datasets` lists the registered ones")
     from medadapt.data.download import describe, download
     if args.download:
         print(f"downloaded into {download(args.name, dest=args.dest)}")
@@ -179,7 +194,7 @@ def _cmd_predict(args) -> int:
     from medadapt.engine.runner import predict_paths
     out = predict_paths(args.run, args.inputs, args.out, batch_size=args.batch_size,
                         skip_bad=args.skip_bad, progress=not args.quiet,
-                        max_image_pixels=args.max_image_pixels)
+                        max_image_pixels=args.max_image_pixels, seed=args.seed)
     print(f"wrote {out}")
     return 0
 
@@ -209,10 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "methods":
             sp.add_argument("name", nargs="?", default=None,
                             help="a method: print its defaults and where each comes from")
-            sp.add_argument("--shots", type=int, default=16,
-                            help="resolve shot-dependent defaults for K shots (0 = all data)")
+            sp.add_argument("--shots", type=_non_negative_int, default=16,
+                            help="resolve shot-dependent defaults for K shots (0 = all data) "
+                                 "(default: 16)")
             sp.add_argument("--protocol", default="few-shot",
-                            choices=["few-shot", "base-to-novel", "cross-domain"])
+                            choices=["few-shot", "base-to-novel", "cross-domain"],
+                            help="resolve protocol-dependent defaults (default: few-shot)")
             sp.set_defaults(func=_methods)
 
     f = sub.add_parser("fit", help="train and evaluate a method over one or more seeds",
@@ -222,16 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fewshot.json, results.json, params.safetensors, log.txt; "
                                    "seed<N>/ and summary.json for several seeds).")
     f.add_argument("--backbone", help="registered alias (see `medadapt backbones`), open_clip:SRC, "
-                                      "hf:SRC or a local model folder")
-    f.add_argument("--dataset", help="registered name, folder:PATH, csv:PATH or npz:PATH")
-    f.add_argument("--method", help="method name (see `medadapt methods`)")
+                                      "hf:SRC or a local model folder (default: the --config "
+                                      "file's; required)")
+    f.add_argument("--dataset", help="registered name, folder:PATH, csv:PATH or npz:PATH "
+                   "(default: the --config file's; required)")
+    f.add_argument("--method", help="method name (see `medadapt methods`) (default: the --config "
+                   "file's; required)")
     f.add_argument("--shots", type=int, default=None, help="K training images per class "
                    "(default 16; 0 = all)")
     f.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 1)")
-    f.add_argument("--out", required=True, help="run folder to create")
-    f.add_argument("--config", help="YAML config file (flags and --set override it)")
+    f.add_argument("--out", required=True, help="run folder to create (required)")
+    f.add_argument("--config", help="YAML config file (flags and --set override it) "
+                   "(default: none)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=0.002 --set method.n_ctx=4")
+                   help="override a config value, e.g. --set train.lr=0.002 --set method.n_ctx=4; "
+                        "repeatable; unknown keys are refused (default: none)")
     f.add_argument("--base-to-novel", action="store_true",
                    help="train on base classes, report base / novel accuracy and their HM")
     f.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
@@ -246,13 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a finished run on its test split or another data set",
                        formatter_class=_Fmt)
-    e.add_argument("--run", required=True, help="run folder written by `medadapt fit`")
+    e.add_argument("--run", required=True, help="run folder written by `medadapt fit` (required)")
     e.add_argument("--dataset", default=None, help="data set spec (default: the run's)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="class probabilities for images -> CSV", formatter_class=_Fmt)
-    pr.add_argument("--run", required=True, help="run folder written by `medadapt fit`")
+    pr.add_argument("--run", required=True, help="run folder written by `medadapt fit` (required)")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", default=None, help="CSV to write (default: RUN/predictions.csv); "
                     "written to a temporary file and renamed into place when complete")
@@ -265,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-image-pixels", type=_positive_int, default=None,
                     help="raise Pillow's decompression-bomb limit (default: the run's "
                          "data.max_image_pixels, else Pillow's ~89 Mpx)")
+    pr.add_argument("--seed", type=int, default=None,
+                    help="a run with several seeds: use this seed's model only (default: every "
+                         "seed's model, writing the mean of their probabilities)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
 
@@ -281,12 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"medadapt: error: {e}", file=sys.stderr)

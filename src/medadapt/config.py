@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from pathlib import Path
 
@@ -159,7 +160,14 @@ PROTOCOLS = ("few-shot", "base-to-novel", "cross-domain")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # keys whose value must be a positive number (> 0) / a non-negative one
 _POSITIVE = {"train.epochs", "train.batch_size", "data.batch_size", "train.lr",
-             "data.max_image_pixels"}
+             "data.max_image_pixels", "train.eps"}
+# settings with a fixed set of values (checked here, so a method that never reaches the code that
+# reads them, e.g. linear-probe and train.sched_unit, cannot accept a typo silently)
+ENUMS = {"train.optimizer": ("sgd", "adamw"), "train.warmup": ("constant", "linear"),
+         "train.sched_unit": ("epoch", "step"), "train.backbone_mode": ("eval", "train"),
+         "data.precision": ("auto", "fp32", "fp16", "bf16")}
+# data settings that only mean something under one protocol
+_PROTOCOL_ONLY = {"base": "base-to-novel", "novel": "base-to-novel", "train_domain": "cross-domain"}
 _NON_NEGATIVE = {"shots", "data.workers", "train.workers", "train.warmup_epochs",
                  "train.weight_decay", "train.grad_clip", "train.eval_every",
                  "train.checkpoint_every", "data.augment_views", "train.warmup_lr",
@@ -220,8 +228,14 @@ def _check_section(prefix: str, values: dict, schema: dict, section: str,
 
 
 def _check_range(key: str, v) -> None:
+    if key in ENUMS and v is not None and v not in ENUMS[key]:
+        close = difflib.get_close_matches(str(v), ENUMS[key], n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"{key} must be one of {', '.join(ENUMS[key])}, got {v!r}{hint}")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return
+    if not math.isfinite(v):
+        raise UserError(f"{key} must be a finite number, got {v!r}")
     if key in _POSITIVE and not v > 0:
         raise UserError(f"{key} must be > 0, got {v!r}")
     if key in _NON_NEGATIVE and v < 0:
@@ -281,6 +295,11 @@ def validate(cfg: dict, method_defaults: dict, train_schema: dict) -> None:
     if not isinstance(dev, str) or not _DEVICE_RE.match(dev):
         raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
     _check_data(cfg.get("data") or {})
+    for k, proto in _PROTOCOL_ONLY.items():
+        if (cfg.get("data") or {}).get(k) is not None and cfg.get("protocol") != proto:
+            raise UserError(f"data.{k} applies only to the {proto} protocol, but the protocol is "
+                            f"{cfg.get('protocol')}" + (" (add --base-to-novel)"
+                                                        if proto == "base-to-novel" else ""))
     _check_section("texts", cfg.get("texts") or {}, _TEXT_TYPES, "texts", nullable_all=True)
     _check_section("train", cfg.get("train") or {}, train_schema, "train")
     method = dict(cfg.get("method") or {})

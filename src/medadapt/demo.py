@@ -404,7 +404,14 @@ def run_demo(args) -> int:
     backbone, fewshot_ds, concept_ds, meaningful = _world(args)
     shots = args.shots or (SHOTS if meaningful else TINY_SHOTS)
     seeds = args.seeds or SEEDS
-    out = Path(args.out)
+    out = Path(args.out).absolute()
+    # the report folder: new, empty, or an earlier demo's (never a user's folder of files)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if (out.is_dir() and any(e.name != "runs" for e in out.iterdir())  # runs/: an interrupted demo
+            and not (out / "demo_results.json").exists()):
+        raise UserError(f"--out {out} holds files that are not an earlier medadapt demo; choose "
+                        "a new or empty folder")
     methods = _selected(args.methods)
     workers = args.workers or default_workers(args.device)
     if not meaningful:

@@ -1,6 +1,8 @@
 """Classification metrics (scikit-learn underneath) and base/novel harmonic mean."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              recall_score, roc_auc_score)
@@ -29,6 +31,12 @@ def auc_score(y: np.ndarray, prob: np.ndarray, n_classes: int) -> float | None:
     return float(np.mean(aucs))
 
 
+def _balanced_accuracy(y, pred) -> float:
+    with warnings.catch_warnings():  # predictions of a class absent from y (an external test set)
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(y, pred))
+
+
 def classification_metrics(y: np.ndarray, logits: np.ndarray, classnames: list[str]) -> dict:
     """accuracy, balanced accuracy, macro-F1, per-class recall, AUC, confusion matrix."""
     y = np.asarray(y)
@@ -41,7 +49,7 @@ def classification_metrics(y: np.ndarray, logits: np.ndarray, classnames: list[s
     present = set(np.unique(y).tolist())
     return {
         "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "balanced_accuracy": _balanced_accuracy(y, pred),
         "macro_f1": float(f1_score(y, pred, labels=sorted(present), average="macro", zero_division=0)),
         "auc": auc_score(y, prob, n),
         "per_class_recall": {c: float(r) for i, (c, r) in enumerate(zip(classnames, rec))

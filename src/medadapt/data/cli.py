@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from medadapt.helpfmt import HelpFormatter
+
 
 def _cmd_import(args) -> int:
     from medadapt.data.importers import import_python_descriptions, write_descriptions
@@ -23,7 +25,7 @@ def add_parser(subparsers) -> None:
         description="Class descriptions (LLM-written sentences per class) as medadapt's JSON.")
     sub = d.add_subparsers(dest="descriptions_command", metavar="ACTION")
     i = sub.add_parser(
-        "import", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "import", formatter_class=HelpFormatter,
         help="convert a Python file of dict literals (BiomedCoOp's trainers/prompt_templates.py) "
              "into descriptions JSON, parsing it without running it",
         description="Parse FILE with Python's ast module and read the dict literal of class name "
@@ -33,7 +35,7 @@ def add_parser(subparsers) -> None:
         epilog="example: medadapt descriptions import BiomedCoOp/trainers/prompt_templates.py "
                "--out biomedcoop-descriptions.json")
     i.add_argument("file", metavar="FILE", help="Python file with the dict literal")
-    i.add_argument("--out", required=True, help="descriptions JSON to write")
+    i.add_argument("--out", required=True, help="descriptions JSON to write (required)")
     i.add_argument("--variable", default=None,
                    help="name of the dict to read (default: BIOMEDCOOP_TEMPLATES or TEMPLATES "
                         "when present, else the only dict of lists of strings)")

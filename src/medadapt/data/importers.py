@@ -60,8 +60,9 @@ def import_python_descriptions(path: str | Path, variable: str | None = None) ->
     raw = p.read_bytes()
     try:
         tree = ast.parse(raw, filename=str(p))
-    except SyntaxError as e:
-        raise UserError(f"{p}:{e.lineno}: not valid Python ({e.msg})") from None
+    except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes (a binary file)
+        where = f"{p}:{e.lineno}" if getattr(e, "lineno", None) else str(p)
+        raise UserError(f"{where}: not valid Python ({getattr(e, 'msg', None) or e})") from None
     found = _dict_assignments(tree)
     if variable is not None:
         hits = [d for n, d in found if n == variable]
@@ -109,11 +110,17 @@ def import_python_descriptions(path: str | Path, variable: str | None = None) ->
 def write_descriptions(data: dict, out: str | Path, overwrite: bool = False) -> Path:
     """Write atomically; an existing file is kept unless ``overwrite``."""
     o = Path(out).expanduser()
+    if o.is_dir():
+        raise UserError(f"--out {o} is a folder; give a JSON file name")
     if o.exists() and not overwrite:
         raise UserError(f"{o} exists; pass --overwrite to replace it")
-    if o.parent and not o.parent.exists():
+    if o.parent and not o.parent.is_dir():
         raise UserError(f"output folder not found: {o.parent}")
     tmp = o.with_name(f".{o.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, o)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, o)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {o}: {e.strerror or e}") from None
     return o

@@ -17,8 +17,8 @@ from medadapt.data.catalog import (DATASETS, IMAGE_EXTS, DatasetInfo,  # noqa: F
                                    cache_home, data_home)
 from medadapt.data.dataset import (DataSet, Record, array_to_rgb, files_fingerprint, open_rgb,
                                    stratified_split)
-from medadapt.data.sets.medmnist import (MEDMNIST_CLASSES, medmnist_from_npz,  # noqa: F401
-                                         npz_records)
+from medadapt.data.sets.medmnist import (MEDMNIST_CLASSES, check_npz_file,  # noqa: F401
+                                         medmnist_from_npz, npz_records)
 from medadapt.errors import UserError
 
 CONCEPT_SEP = ";"
@@ -61,6 +61,9 @@ def load_dataset(spec: str, **options) -> DataSet:
         raise UserError(f"data set {info.name!r} not found at {root}; {how} "
                         f"(or pass {info.name}:PATH, or set MEDADAPT_DATA)")
     ds = info.build(root, **options)
+    if root is not None:  # what folder: data sets warn about, for a partial or edited download
+        warn_empty_classes(ds, f"{info.name} ({root})")
+        warn_thin_classes(ds, f"{info.name} ({root})")
     ds.meta.setdefault("template_set", info.template_set)
     if info.descriptions:
         ds.meta.setdefault("descriptions", info.descriptions)
@@ -69,6 +72,19 @@ def load_dataset(spec: str, **options) -> DataSet:
     if info.base_classes:
         ds.meta.setdefault("base_classes", info.base_classes)
     return ds
+
+
+def data_location(spec: str) -> tuple[str, Path | None]:
+    """(name, the path a spec reads) without building the data set; ``None`` for data sets that
+    are generated. Unknown names raise the usual one-line error."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("folder", "csv", "npz"):
+        return spec, Path(rest).expanduser() if rest else None
+    _ensure_registered()
+    info = DATASETS.get(kind)
+    if rest:
+        return info.name, Path(rest).expanduser()
+    return info.name, (info.default_root() if info.needs_root else None)
 
 
 def _require_dir(path: str, what: str) -> Path:
@@ -109,6 +125,17 @@ def check_class_names(names: list[str], raw: list[str], where: str) -> None:
             raise UserError(f"{where}: class labels {seen[key]!r} and {r!r} both become the class "
                             f"name {n!r}; rename one of them")
         seen[key] = r
+
+
+def warn_empty_classes(ds: DataSet, where: str) -> None:
+    """A registered data set keeps its fixed class list: a class without a single image (a partial
+    download, a deleted folder) is kept but cannot be trained or tested: say so."""
+    counts = np.bincount(ds.labels, minlength=ds.num_classes) if len(ds.records) else \
+        np.zeros(ds.num_classes, dtype=int)
+    for c, name in enumerate(ds.classnames):
+        if not counts[c]:
+            warn(f"{where}: class {name!r} has no images; it cannot be trained or tested "
+                 "(a partial download?)")
 
 
 def warn_thin_classes(ds: DataSet, where: str) -> None:
@@ -276,6 +303,7 @@ def from_npz(path: str, classnames: list[str] | None = None, name: str | None = 
         if shipped_descriptions(f"{stem}.json").exists():
             ds.meta.setdefault("descriptions", f"{stem}.json")
         return ds
+    check_npz_file(f)
     try:
         z = np.load(f, allow_pickle=False)
         arrays = {k: z[k] for k in z.files}

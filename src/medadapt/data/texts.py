@@ -69,10 +69,16 @@ def read_descriptions(path: str | Path) -> dict:
     p = Path(path)
     if not p.exists():
         raise UserError(f"descriptions file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"descriptions file {p} is a folder; give the JSON file")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not a UTF-8 JSON file") from None
+    except OSError as e:
+        raise UserError(f"cannot read descriptions file {p}: {e.strerror or e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("classes"), dict):
         raise UserError(f"{p}: descriptions file must be {{\"meta\": {{...}}, \"classes\": "
                         "{name: [sentences]}}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,9 @@ from medadapt.errors import UserError
 
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
@@ -81,7 +85,9 @@ class FeatureCache:
     def key(self, backbone, ds: DataSet, view: int) -> str:
         t = backbone.train_preprocess if view > 0 else backbone.preprocess
         h = hashlib.sha256()
-        parts = [backbone.fingerprint(), repr(t), ds.fingerprint, f"view={view}"]
+        # a function in the transform prints as "<function _rgb at 0x7f...>": the address differs
+        # in every process, which would make every run miss the cache
+        parts = [backbone.fingerprint(), _ADDRESS.sub("", repr(t)), ds.fingerprint, f"view={view}"]
         dtype = autocast_dtype(self.precision, backbone.device.type)
         if dtype is not None:  # reduced-precision features are cached apart from fp32 ones
             parts.append(f"autocast={dtype}")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from medadapt.data.dataset import DataSet
@@ -18,6 +19,29 @@ RUN_MARKERS = ("classes.json", "results.json", "summary.json")
 # settings that may change between an interrupted run and its --resume
 RESUME_IGNORED = ("device", "classnames", "data.workers", "data.batch_size", "train.workers",
                   "data.skip_bad", "data.max_image_pixels")
+
+
+# every file ``fit`` (and ``bench``) writes into a run folder or a seed<N>/ folder; anything else
+# in a run folder is the user's, and ``--overwrite`` refuses rather than delete it
+RUN_FILES = frozenset({"config.yaml", "classes.json", "results.json", "summary.json",
+                       "fewshot.json", "params.safetensors", "log.txt", "checkpoint.safetensors",
+                       "checkpoint_state.pt", "bench.json"})
+_RUN_TMP = re.compile(r"^(config\.yaml\.tmp|[a-z_]+\.json\.tmp\d*|checkpoint(_state)?\.tmp)$")
+_SEED_DIR = re.compile(r"^seed\d+$")
+
+
+def foreign_entries(path: Path, prefix: str = "") -> list[str]:
+    """Entries of a run folder that medadapt did not write (a notebook, predictions.csv, a data
+    folder, ...), relative to ``path``; ``--overwrite`` would delete them, so it refuses."""
+    out = []
+    for e in sorted(path.iterdir(), key=lambda e: e.name):
+        if e.is_symlink():
+            out.append(prefix + e.name)
+        elif e.is_dir() and _SEED_DIR.match(e.name) and not prefix:
+            out += foreign_entries(e, f"{e.name}/")
+        elif not (e.is_file() and (e.name in RUN_FILES or _RUN_TMP.match(e.name))):
+            out.append(prefix + e.name + ("/" if e.is_dir() else ""))
+    return out
 
 
 def is_run_folder(path: Path, strict: bool = True) -> bool:
@@ -78,9 +102,17 @@ class run_lock:
             import fcntl
         except ImportError:  # not POSIX: no lock
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {self.out}: cannot create {self.path.parent} "
+                            f"({e.strerror or e})") from None
         while True:
-            fh = open(self.path, "a+")
+            try:
+                fh = open(self.path, "a+")
+            except OSError as e:  # read-only or special file system (root ignores permissions)
+                raise UserError(f"--out {self.out}: cannot write in {self.path.parent} "
+                                f"({e.strerror or e})") from None
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

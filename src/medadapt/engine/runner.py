@@ -34,7 +34,7 @@ from medadapt.data.sources import load_dataset
 from medadapt.data.texts import ClassTexts, load_class_texts, shipped_descriptions
 from medadapt.engine.features import FeatureCache
 from medadapt.engine.rundir import (check_not_data_folder, check_out_dir, config_diff,  # noqa: F401
-                                    is_run_folder, run_lock)
+                                    foreign_entries, is_run_folder, run_lock)
 from medadapt.engine.train import Engine, Split
 from medadapt.errors import UserError
 from medadapt.methods import Batch, Method, get_method
@@ -166,7 +166,8 @@ class Prepared:
                 fs = fraction_subset(self.ds, float(d["fraction"]), seed)
             else:
                 fs = sample_fewshot(self.ds, int(cfg["shots"]), seed, self.train_classes,
-                                    allow_fewer=d["allow_fewer"], ok=ok, domain=self.train_domain)
+                                    allow_fewer=d["allow_fewer"] or not self.method_cls.uses_shots,
+                                    ok=ok, domain=self.train_domain)
             self.fewshots[seed] = fs
 
     def _ok(self, i: int) -> bool:
@@ -184,7 +185,9 @@ class Runner:
     def __init__(self, cfg: dict, out: str | Path, overwrite: bool = False, resume: bool = False,
                  quiet: bool = False, progress: bool = True):
         self.cfg = resolve(cfg)
-        self.out = Path(out)
+        # absolute and normalised: `--out .` or `--out runs/..` still have a name and a parent
+        # (the lock file and the --overwrite swap live beside the run folder)
+        self.out = Path(os.path.abspath(out))
         self.overwrite, self.resume, self.quiet, self.progress = overwrite, resume, quiet, progress
 
     def run(self) -> dict:
@@ -216,6 +219,14 @@ class Runner:
         if exists and self.overwrite and not is_run_folder(out):
             raise UserError(f"--overwrite refused: {out} is not a medadapt run folder (no "
                             "config.yaml + classes.json / results.json); nothing was deleted")
+        if exists and self.overwrite:
+            foreign = foreign_entries(out)
+            if foreign:
+                more = f" and {len(foreign) - 4} more" if len(foreign) > 4 else ""
+                shown = ", ".join(foreign[:4]) + more
+                raise UserError(f"--overwrite refused: {out} holds files medadapt did not write "
+                                f"({shown}); move them out first or choose another --out; nothing "
+                                "was deleted")
         if exists and self.resume:
             if not is_run_folder(out, strict=False):
                 raise UserError(f"--resume refused: {out} is not a medadapt run folder (no "
@@ -564,16 +575,32 @@ def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, m
     ds = memo[spec]
     names = method.texts.classnames
     lower = {c.lower(): i for i, c in enumerate(ds.classnames)}
+    trained = {n.lower(): j for j, n in enumerate(names)}
     if all(n.lower() in lower for n in names):
         classes = [lower[n.lower()] for n in names]
+        cmap = {c: j for j, c in enumerate(classes)}
+        metric_names = [ds.classnames[c] for c in classes]
+    elif all(c.lower() in trained for c in ds.classnames):
+        # an external test set with some of the trained classes: the model still chooses among
+        # all of its classes; the metrics cover the classes present
+        classes = list(range(ds.num_classes))
+        cmap = {c: trained[ds.classnames[c].lower()] for c in classes}
+        metric_names = list(names)
+        print(f"medadapt: note: {spec} has {ds.num_classes} of the run's {len(names)} classes; "
+              "predictions still range over all of them", file=sys.stderr)
     else:  # another data set's classes: methods that can take new class names switch to them
         if not method.supports_novel:
+            unknown = [c for c in ds.classnames if c.lower() not in trained]
             raise UserError(f"{method.name} cannot evaluate on classes it was not trained on "
-                            f"({ds.classnames})")
+                            f"({', '.join(unknown[:6])}{' ...' if len(unknown) > 6 else ''}; "
+                            f"trained: {', '.join(names)})")
         method.set_classes(class_texts_for(cfg, ds, ds.classnames, method.needs_descriptions))
         classes = list(range(ds.num_classes))
+        cmap = {c: j for j, c in enumerate(classes)}
+        metric_names = list(ds.classnames)
     idx = ds.indices("test", classes)
-    cmap = {c: j for j, c in enumerate(classes)}
+    if not idx:
+        raise UserError(f"{spec}: no test images to evaluate on")
     cache = FeatureCache(enabled=cfg["data"]["cache"], precision=cfg["data"].get("precision", "auto"))
     eng = Engine(cfg["train"], device=str(backbone.device), progress=progress)
     if method.needs_images:
@@ -583,7 +610,7 @@ def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, m
         idx = [i for i in idx if i not in set(bad)]
         split = Split(ds, idx, torch.tensor([cmap[ds.records[i].label] for i in idx]), feats)
     logits = eng.logits(method, split)
-    m = classification_metrics(split.labels.numpy(), logits.numpy(), [ds.classnames[c] for c in classes])
+    m = classification_metrics(split.labels.numpy(), logits.numpy(), metric_names)
     return {"run": str(run), "seed_dir": str(sdir), "seed": seed,
             "dataset": dataset or cfg["dataset"], "metrics": m}
 
@@ -606,18 +633,98 @@ def predict_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
+PREDICTIONS_HEADER = "path,prediction,"
+
+
+def check_replaceable_predictions(out: Path, inputs: list[Path]) -> None:
+    """``predict --out`` replaces an existing file only when it is an earlier predictions CSV:
+    never one of the input images, never the user's own spreadsheet."""
+    o = out.resolve()
+    if any(o == f.resolve() for f in inputs):
+        raise UserError(f"--out {out} is one of the input images; give a CSV file name")
+    try:
+        with open(out, "rb") as fh:
+            head = fh.read(len(PREDICTIONS_HEADER))
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot read the existing file ({e.strerror or e})") from None
+    if head != PREDICTIONS_HEADER.encode():
+        raise UserError(f"--out {out} exists and is not a medadapt predictions CSV; it is left "
+                        "alone: choose another --out (or delete it first)")
+
+
+def _seed_of(sdir: Path) -> int | None:
+    try:
+        return int(_read_json(sdir / "results.json", "results.json").get("seed"))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def predict_seed_dirs(run: str | Path, seed: int | None = None) -> list[Path]:
+    """The seed folders ``predict`` uses: every finished seed, or the one ``seed`` names."""
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run folder not found: {run}")
+    if not (run / "config.yaml").exists():
+        raise UserError(f"{run} is not a medadapt run folder (no config.yaml)")
+    dirs = _seed_dirs(run)
+    if seed is None:
+        return dirs
+    have = {_seed_of(d): d for d in dirs}
+    if seed not in have:
+        raise UserError(f"--seed {seed}: {run} has no finished seed {seed} (finished: "
+                        f"{', '.join(str(s) for s in have if s is not None) or 'none'})")
+    return [have[seed]]
+
+
+def _predict_pass(method, backbone, files, batch_size, skip_bad, progress, desc, skip=()):
+    """One model over ``files`` in batches: yields (chunk, {file: probs}, {file: extras},
+    {file: error})."""
+    from medadapt.data.dataset import open_rgb
+    for s in tqdm(range(0, len(files), batch_size), disable=not progress, desc=desc):
+        chunk = files[s:s + batch_size]
+        ok, imgs, errors = [], [], {}
+        for f in chunk:
+            if f in skip:
+                continue
+            try:
+                imgs.append(backbone.preprocess(open_rgb(str(f))))
+                ok.append(f)
+            except UserError as e:
+                if not skip_bad:
+                    raise
+                errors[f] = str(e)
+        probs, extras = {}, {}
+        if imgs:
+            xs = torch.stack(imgs).to(backbone.device)
+            del imgs
+            if method.needs_images:
+                batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long), images=xs)
+            else:
+                batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long),
+                              features=backbone.encode_image(xs, normalize=False))
+            pr = torch.softmax(method(batch).float(), dim=-1).cpu().numpy()
+            ex = method.extra_predictions(batch).get("rows") or [{}] * len(xs)
+            probs = dict(zip(ok, pr))
+            extras = dict(zip(ok, ex))
+        yield chunk, probs, extras, errors
+
+
 def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None,
                   batch_size: int = 32, skip_bad: bool = False, progress: bool = False,
-                  max_image_pixels: int | None = None) -> Path:
+                  max_image_pixels: int | None = None, seed: int | None = None) -> Path:
     """Class probabilities per image -> CSV (path, predicted class, one column per class).
 
-    Images are decoded, encoded and written one batch at a time, so memory stays flat in the
-    number of inputs. With ``skip_bad`` an unreadable image gets a row with an empty prediction
-    and the reason in the ``error`` column; without it the first one ends the command and nothing
-    is written. The CSV is written to a unique temporary file beside ``out`` and renamed into
-    place only when complete; an existing file is replaced only then.
+    A run with several seeds predicts with every seed's model and writes the mean of their
+    probabilities (the prediction is its arg-max; method-specific extra columns come from the
+    first seed), and says so on stderr; ``seed`` picks one seed's model instead.
+    Images are decoded, encoded and scored one batch at a time, so memory stays flat in the number
+    of inputs (one row of probabilities per image is kept). With ``skip_bad`` an unreadable image
+    gets a row with an empty prediction and the reason in the ``error`` column; without it the
+    first one ends the command and nothing is written. The CSV is written to a unique temporary
+    file beside ``out`` and renamed into place only when complete; an existing file is replaced
+    only then.
     """
-    from medadapt.data.dataset import open_rgb, pixel_limit
+    from medadapt.data.dataset import pixel_limit
     files = predict_inputs(inputs)
     out = Path(out_csv) if out_csv else Path(run) / "predictions.csv"
     if out.is_dir():
@@ -626,68 +733,61 @@ def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: folder {out.parent} is not writable")
-    cfg, texts, backbone, method, sdir = load_run(run)
-    names = method.texts.classnames
-    limit = max_image_pixels or (cfg.get("data") or {}).get("max_image_pixels")
+    if out.exists():
+        check_replaceable_predictions(out, files)
+    sdirs = predict_seed_dirs(run, seed)
+    index = {f: j for j, f in enumerate(files)}
+    total = None
+    extras: dict = {}
+    errors: dict = {}
+    names = None
+    limit = max_image_pixels
+    with torch.no_grad():
+        for k, sdir in enumerate(sdirs):
+            cfg, texts, backbone, method, _ = load_run(run, sdir)
+            if names is None:
+                names = method.texts.classnames
+                limit = limit or (cfg.get("data") or {}).get("max_image_pixels")
+                total = np.zeros((len(files), len(names)), dtype=np.float64)
+            with pixel_limit(limit):
+                desc = "predict" if len(sdirs) == 1 else f"predict (seed {_seed_of(sdir)})"
+                for chunk, probs, ex, errs in _predict_pass(method, backbone, files, batch_size,
+                                                            skip_bad, progress, desc, errors):
+                    for f, p in probs.items():
+                        total[index[f]] += p
+                    if k == 0:
+                        extras.update({f: e for f, e in ex.items() if e})
+                        errors.update(errs)
+            del method, backbone
+    total /= len(sdirs)
+    extra_cols = sorted({c for e in extras.values() for c in e})
+    header = ["path", "prediction"] + [f"p({n})" for n in names] + extra_cols
+    if skip_bad:
+        header.append("error")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     tmp = Path(tmp_name)
-    n_bad = 0
     try:
-        with os.fdopen(fd, "w", newline="") as fh, pixel_limit(limit), torch.no_grad():
+        with os.fdopen(fd, "w", newline="") as fh:
             w = csv.writer(fh)
-            header = None
-            pending: list[tuple[Path, str]] = []
-            for s in tqdm(range(0, len(files), batch_size), disable=not progress, desc="predict"):
-                chunk = files[s:s + batch_size]
-                ok, imgs, errors = [], [], {}
-                for f in chunk:
-                    try:
-                        imgs.append(backbone.preprocess(open_rgb(str(f))))
-                        ok.append(f)
-                    except UserError as e:
-                        if not skip_bad:
-                            raise
-                        errors[f] = str(e)
-                probs, extras = [], []
-                if imgs:
-                    xs = torch.stack(imgs).to(backbone.device)
-                    del imgs
-                    if method.needs_images:
-                        batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long), images=xs)
-                    else:
-                        batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long),
-                                      features=backbone.encode_image(xs, normalize=False))
-                    probs = torch.softmax(method(batch).float(), dim=-1).cpu().numpy().tolist()
-                    extras = method.extra_predictions(batch).get("rows") or [{}] * len(xs)
-                if header is None and (ok or s + batch_size >= len(files)):
-                    # extra columns are fixed by the method: take them from the first good batch
-                    extra_cols = sorted({k for e in extras for k in e})
-                    header = ["path", "prediction"] + [f"p({n})" for n in names] + extra_cols
-                    if skip_bad:
-                        header.append("error")
-                    w.writerow(header)
-                    for f, why in pending:  # bad files met before the header was known
-                        w.writerow([str(f), ""] + [""] * (len(names) + len(extra_cols)) + [why])
-                    pending = []
-                pos = {f: j for j, f in enumerate(ok)}
-                for f in chunk:
-                    if f in errors:
-                        n_bad += 1
-                        if header is None:
-                            pending.append((f, errors[f]))
-                        else:
-                            w.writerow([str(f), ""] + [""] * (len(names) + len(extra_cols))
-                                       + [errors[f]])
-                        continue
-                    p, e = probs[pos[f]], extras[pos[f]]
-                    row = [str(f), names[int(np.argmax(p))]] + [f"{v:.6f}" for v in p] + \
-                        [e.get(k, "") for k in extra_cols]
-                    w.writerow(row + ([""] if skip_bad else []))
+            w.writerow(header)
+            for j, f in enumerate(files):
+                if f in errors:
+                    w.writerow([str(f), ""] + [""] * (len(names) + len(extra_cols)) + [errors[f]])
+                    continue
+                p, e = total[j], extras.get(f, {})
+                row = [str(f), names[int(np.argmax(p))]] + [f"{v:.6f}" for v in p] + \
+                    [e.get(c, "") for c in extra_cols]
+                w.writerow(row + ([""] if skip_bad else []))
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if n_bad:
-        print(f"medadapt: {n_bad} unreadable image(s) skipped; see the 'error' column of {out}",
+    if len(sdirs) > 1:
+        seeds = [_seed_of(d) for d in sdirs]
+        print(f"medadapt: predicted with the models of all {len(sdirs)} seeds "
+              f"({', '.join(map(str, seeds))}): the probabilities are their mean; pick one "
+              "seed's model with --seed N", file=sys.stderr)
+    if errors:
+        print(f"medadapt: {len(errors)} unreadable image(s) skipped; see the 'error' column of {out}",
               file=sys.stderr)
     return out

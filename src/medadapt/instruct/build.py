@@ -60,6 +60,16 @@ def check_source_keys(spec: dict) -> None:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise UserError(f"source {kind!r}: unknown key {k!r}{hint} (valid: "
                             f"{', '.join(sorted(allowed))})")
+    for k in ("limit", "limit_per_class"):
+        v = spec.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise UserError(f"source {kind!r}: {k} must be a positive integer, got {v!r}")
+    if spec.get("split") is not None and spec["split"] not in SPLITS:
+        raise UserError(f"source {kind!r}: split must be one of {', '.join(SPLITS)}, got "
+                        f"{spec['split']!r}")
+    if "options_in_prompt" in spec and not isinstance(spec["options_in_prompt"], bool):
+        raise UserError(f"source {kind!r}: options_in_prompt must be true or false, got "
+                        f"{spec['options_in_prompt']!r}")
 
 SPLITS = ("train", "val", "test")
 
@@ -240,6 +250,14 @@ def build(cfg: BuildConfig, out: str | Path, overwrite: bool = False) -> dict[st
             raise UserError(f"a source must be a mapping of key=value settings, got {spec!r}")
         check_source_keys(spec)
     assign_splits([], cfg.split, cfg.seed, {})  # validates the fractions before any work
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    o = out.resolve()
+    for spec in cfg.sources:
+        src = Path(str(spec.get("path", ""))).expanduser()
+        if spec.get("path") and src.is_dir() and (o == src.resolve() or src.resolve() in o.parents):
+            raise UserError(f"--out {out} is or lies inside the source folder {src}; write the "
+                            "built data set outside your data")
     for spec in cfg.sources:
         spec = dict(spec)
         name, res = run_source(spec, random.Random(f"{cfg.seed}:{spec.get('name', spec.get('path'))}"))

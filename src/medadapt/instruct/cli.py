@@ -12,12 +12,13 @@ import sys
 from typing import Any, Callable
 
 from medadapt.errors import UserError
+from medadapt.helpfmt import HelpFormatter
 from medadapt.instruct.config import BuildConfig, EvalConfig, TrainConfig
 
 _B, _T, _E = BuildConfig(), TrainConfig(), EvalConfig()
 
 
-class _Fmt(argparse.HelpFormatter):
+class _Fmt(HelpFormatter):
     """Wrap one-paragraph descriptions; keep multi-line examples (epilogs) as written."""
 
     def _fill_text(self, text, width, indent):
@@ -229,7 +230,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help=f"random seed (default: {_T.seed})")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from OUT/checkpoints' last checkpoint, or from CHECKPOINT (default: start fresh)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing --out first (default: refuse)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `instruct train` output in --out (refused if the folder "
+                   "holds anything else; the old one is restored if the new run fails) "
+                   "(default: refuse)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip and count bad items, including ones whose image tokens do not fit "
                         "--max-length (default: stop with file:line)")

@@ -93,7 +93,17 @@ def run_source(spec: dict[str, Any], rng: random.Random) -> tuple[str, SourceRes
         raise UserError(f"source {kind!r}: path not found: {path}")
     spec = dict(spec, path=path)
     spec.setdefault("name", path.stem if path.is_file() else path.name)
-    res = ADAPTERS[kind](spec, rng)
+    try:
+        res = ADAPTERS[kind](spec, rng)
+    except UnicodeDecodeError as e:
+        raise UserError(f"source {kind!r}: {path} is not UTF-8 text (byte {e.start}); a binary "
+                        "file, or save it as UTF-8") from None
+    except csv.Error as e:
+        raise UserError(f"source {kind!r}: {path}: malformed CSV ({e})") from None
+    except IsADirectoryError:
+        raise UserError(f"source {kind!r}: {path} is a folder; this kind reads a file") from None
+    except NotADirectoryError:
+        raise UserError(f"source {kind!r}: {path} is a file; this kind reads a folder") from None
     limit = spec.get("limit")
     if limit:
         res.items = res.items[: int(limit)]

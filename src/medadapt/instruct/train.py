@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ from medadapt.instruct.records import BadItem, Record, read_records, write_json
 VISION_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder")
 PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "merger", "mlp1", "connector")
 META = "medadapt_instruct.json"
+# what `instruct train` writes into --out (--overwrite replaces only folders holding nothing else)
+TRAIN_OUTPUTS = frozenset({"checkpoints", "final", "merged", "train_summary.json"})
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -368,10 +372,31 @@ def train(cfg: TrainConfig, model_path: str, data: str | Path, out: str | Path,
     if cfg.method not in ("full", "lora", "qlora"):
         raise UserError(f"method must be full, lora or qlora, got {cfg.method!r}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
     if (out / "final").exists() and not (resume or overwrite):
         raise UserError(f"{out} already holds a trained model; pass --resume, --overwrite or another --out")
-    if overwrite and out.exists() and not resume:
-        shutil.rmtree(out)
+    if overwrite and not resume and out.is_dir() and any(out.iterdir()):
+        # replace only what an earlier `instruct train` wrote, and only once this run succeeded
+        foreign = sorted(e.name for e in out.iterdir() if e.name not in TRAIN_OUTPUTS)
+        if foreign:
+            raise UserError(f"--overwrite refused: {out} holds files `instruct train` did not write "
+                            f"({', '.join(foreign[:4])}{' ...' if len(foreign) > 4 else ''}); move "
+                            "them out first or choose another --out; nothing was deleted")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        for e in list(out.iterdir()):
+            os.replace(e, old / e.name)
+        try:
+            res = train(cfg, model_path, data, out, resume=None, overwrite=False)
+        except BaseException:
+            for e in list(out.iterdir()):  # the failed run's files, then the old run back
+                shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+            for e in list(old.iterdir()):
+                os.replace(e, out / e.name)
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return res
     ckpt = None
     if resume:
         ckpt = get_last_checkpoint(str(out / "checkpoints")) if resume == "auto" and \

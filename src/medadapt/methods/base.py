@@ -49,6 +49,7 @@ class Method(nn.Module):
     trainable: ClassVar[bool] = True
     needs_descriptions: ClassVar[bool] = False
     supports_novel: ClassVar[bool] = True
+    uses_shots: ClassVar[bool] = True  # False: never reads the training images (zero-shot)
     defaults: ClassVar[dict] = {}  # method hyper-parameters (config key ``method``)
     train_defaults: ClassVar[dict] = {}  # engine settings this method's paper uses (``train``)
     data_defaults: ClassVar[dict] = {}  # data settings (``data``), e.g. ``augment_views``

@@ -14,6 +14,7 @@ from medadapt.methods.base import Batch, Method, register_method, text_features_
 class ZeroShot(Method):
     paper = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
     trainable = False
+    uses_shots = False  # a class with fewer than K images is no reason to refuse
     defaults = {"mode": "template"}  # template | ensemble | descriptions
     data_defaults = {"augment_views": 0}  # nothing is trained
     learned_buffers = ("text_features",)

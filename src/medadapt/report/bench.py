@@ -504,6 +504,23 @@ def shared_backbones(enabled: bool = True):
         pristine.clear()
 
 
+def _check_data_present(todo) -> None:
+    """Every data set the runs to do read must be on disk: a missing data root is one line before
+    anything is run, not one failure per run."""
+    from medadapt.data.sources import data_location
+    missing: dict[str, Path] = {}
+    for r in todo:
+        name, path = data_location(str(r.cfg.get("dataset")))
+        if path is not None and not path.exists():
+            missing.setdefault(name, path)
+    if missing:
+        shown = "; ".join(f"{n} (looked in {p})" for n, p in list(missing.items())[:4])
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        raise UserError(f"bench: {len(missing)} data set(s) not found, nothing was run: {shown}"
+                        f"{more}; pass --data-root DIR or set MEDADAPT_DATA (`medadapt datasets "
+                        "NAME` says how to get each)")
+
+
 def _bench_runner_cls():
     from medadapt.engine.runner import Runner
 
@@ -543,7 +560,7 @@ def run_bench(runs: list[RunSpec], out: str | Path, *, grid_info: dict | None = 
               only: list[str] | None = None, shard: tuple[int, int] | None = None,
               retry_failed: bool = True, rerun_changed: bool = False, reuse_backbone: bool = True,
               progress: bool = True, quiet: bool = False, verbose: bool = False,
-              dry_run: bool = False) -> dict:
+              dry_run: bool = False, on_start: Callable[[], None] | None = None) -> dict:
     """Run (or, with ``dry_run``, list) every run of ``runs`` not yet complete in ``out``.
 
     Returns ``{"counts": {status: n}, "ran": runs computed now, "seeds_run": seeds computed now,
@@ -579,6 +596,9 @@ def run_bench(runs: list[RunSpec], out: str | Path, *, grid_info: dict | None = 
         return {"counts": n, "ran": 0, "seeds_run": 0, "skipped": n["done"], "failed": [],
                 "index": None}
 
+    _check_data_present([r for r in mine if states[r.id][0] != "done"])
+    if on_start is not None:
+        on_start()
     out.mkdir(parents=True, exist_ok=True)
     write_index(out, runs, grid_info)
     say = (lambda msg: None) if quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))

@@ -53,10 +53,7 @@ examples:
 """
 
 
-class _Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    def _get_help_string(self, action):  # options that explain their default themselves
-        h = action.help or ""
-        return h if "(default:" in h else super()._get_help_string(action)
+from medadapt.helpfmt import HelpFormatter as _Fmt  # noqa: E402
 
 
 def _cmd_bench(args) -> int:
@@ -77,7 +74,7 @@ def _cmd_bench(args) -> int:
     info = {"grid": str(grid_path), "name": grid.get("name") or grid_path.stem,
             "title": grid.get("title") or grid.get("name") or grid_path.stem,
             "n_runs": len(runs), "set": list(args.set)}
-    if not args.dry_run:
+    def write_grid_copy():  # once every check has passed, before the first run
         import yaml
         Path(out).mkdir(parents=True, exist_ok=True)
         gp = Path(out) / "grid.yaml"
@@ -87,7 +84,8 @@ def _cmd_bench(args) -> int:
     res = run_bench(runs, out, grid_info=info, only=args.only, shard=shard,
                     retry_failed=not args.skip_failed, rerun_changed=args.rerun_changed,
                     reuse_backbone=not args.no_reuse_backbone, progress=not args.quiet,
-                    quiet=args.quiet, verbose=args.verbose, dry_run=args.dry_run)
+                    quiet=args.quiet, verbose=args.verbose, dry_run=args.dry_run,
+                    on_start=write_grid_copy)
     if args.dry_run:
         return 0
     c = res["counts"]
@@ -137,7 +135,7 @@ def add_parser(subparsers) -> None:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run, applied last (e.g. --set "
                         "train.epochs=5); part of each run's config, so changing it later marks "
-                        "finished runs as changed")
+                        "finished runs as changed (default: none)")
     b.add_argument("--data-root", default=None, metavar="DIR",
                    help="folder holding the registered data sets, each in the folder `medadapt "
                         "datasets NAME` names (DIR/BTMRI for btmri, DIR/kather2016 for "
@@ -199,6 +197,7 @@ def add_parser(subparsers) -> None:
                         "biomed-dpt-b2n, pathoprompt-table1-fewshot, pathoprompt-table1-b2n, "
                         "pathoprompt-table2-cross-organ; or a YAML file of the same shape) next "
                         "to ours with the difference and its seed spread, per data set and mean, "
-                        "and a plot of ours vs published -> OUT/compare_TABLE.{md,csv,json,png}")
+                        "and a plot of ours vs published -> OUT/compare_TABLE.{md,csv,json,png} "
+                        "(default: none, the full report)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=_cmd_report)

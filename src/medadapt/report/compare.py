@@ -325,11 +325,15 @@ def write_comparison(runs_dir: str | Path, tables: list[str], out: str | Path | 
     root = Path(runs_dir)
     if not root.exists():
         raise UserError(f"runs folder not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"{root} is a file; give the folder holding the run folders")
     out = Path(out) if out else root / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    from medadapt.report.report import check_report_out
+    check_report_out(out)
     parts, written = [], []
-    for name in tables:
-        res = compare(root, name)
+    results = [compare(root, name) for name in tables]  # every table checked before writing
+    out.mkdir(parents=True, exist_ok=True)
+    for res in results:
         key = res["table"]["name"]
         md = to_markdown(res)
         parts.append(md)

@@ -89,11 +89,26 @@ def _seed_of(d: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
+REPORT_MARKERS = ("report.json", "compare.md")
+
+
+def check_report_out(out: Path) -> None:
+    """The report folder: new, empty, or an earlier report's (its files are replaced); any other
+    folder is refused, so a report never overwrites a user's files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in REPORT_MARKERS):
+        raise UserError(f"--out {out} holds files that are not a medadapt report; choose an empty "
+                        "or new folder")
+
+
 def load_runs(root: str | Path, exclude: Path | None = None) -> tuple[list[Run], list[str]]:
     """Every run folder (``config.yaml`` + at least one ``results.json``) under ``root``."""
     root = Path(root)
     if not root.exists():
         raise UserError(f"runs folder not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"{root} is a file; give the folder holding the run folders")
     notes: list[str] = []
     order: dict[str, int] = {}
     idx_path = root / INDEX
@@ -826,9 +841,16 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None,
     runs, notes = load_runs(root, exclude=out)
     if not runs:
         raise UserError(f"no finished run folders (config.yaml + results.json) under {root}")
+    check_report_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):  # a fresh report: no figures left over from an earlier one
-        old.unlink()
+    try:  # a fresh report: no figures left over from the earlier one (only the ones it listed)
+        earlier = json.loads((out / "report.json").read_text()).get("figures") or []
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    for f in earlier:
+        name = f.get("path") if isinstance(f, dict) else None
+        if isinstance(name, str) and name.endswith(".png") and "/" not in name and "\\" not in name:
+            (out / name).unlink(missing_ok=True)
     info = {}
     if (root / INDEX).exists():
         try:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from medadapt.errors import UserError
+from medadapt.helpfmt import HelpFormatter
 
 PRETRAIN_HELP = """\
 Train synthpath-clip: a small transformers CLIPModel (ViT image tower, 4-layer text transformer,
@@ -40,17 +41,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     pp = sub.add_parser("pretrain", help="train the small CLIP on the synthetic caption corpus",
                         description=PRETRAIN_HELP,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+                        formatter_class=HelpFormatter)
     pp.add_argument("--config", metavar="YAML",
                     help="pretraining config (keys of PretrainConfig, optionally under "
                          "'pretrain:'); default: the built-in defaults, which equal "
                          "configs/synth/pretrain.yaml")
     pp.add_argument("--out", required=True, metavar="DIR",
                     help="output folder (CLIPModel + tokenizer + image processor + training.json)")
-    pp.add_argument("--seed", type=int, help="training seed (data stream and init)")
-    pp.add_argument("--steps", type=int, help="optimizer steps (fresh pairs every step)")
-    pp.add_argument("--batch-size", type=int, help="pairs per step (contrastive batch)")
-    pp.add_argument("--lr", type=float, help="peak AdamW learning rate (cosine schedule)")
+    pp.add_argument("--seed", type=int, help="training seed (data stream and init) "
+                    "(default: the config's, 0)")
+    pp.add_argument("--steps", type=int, help="optimizer steps (fresh pairs every step) (default: the config's, 600)")
+    pp.add_argument("--batch-size", type=int, help="pairs per step (contrastive batch) (default: the config's, 128)")
+    pp.add_argument("--lr", type=float, help="peak AdamW learning rate (cosine schedule) (default: the config's, 1e-3)")
     pp.add_argument("--threads", type=int,
                     help="torch threads of the training process (default 1; results are "
                          "bit-identical only for the same thread count)")
@@ -63,16 +65,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     pg = sub.add_parser("generate", help="write synthetic tiles to PNG files",
                         description=GENERATE_HELP,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    pg.add_argument("--out", required=True, metavar="DIR", help="output folder")
+                        formatter_class=HelpFormatter)
+    pg.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
     pg.add_argument("--dataset", metavar="NAME",
                     help="a registered synthetic data set (synth-crc, synth-crc-b2n, "
-                         "synth-organs, synth-malignancy)")
+                         "synth-organs, synth-malignancy) (default: none, fresh tiles)")
     pg.add_argument("--split", default="test", choices=["train", "val", "test"],
                     help="split to take items from (with --dataset; default test)")
     pg.add_argument("--class", dest="cls", metavar="NAME",
                     help="class name (with --dataset: only that class; otherwise the class "
-                         "profile to render fresh tiles from)")
+                         "profile to render fresh tiles from) (default: every class)")
     pg.add_argument("-n", "--num", type=int, default=8, help="tiles (per class with --dataset)")
     pg.add_argument("--domain", default="colon",
                     help="stain / organ domain for fresh tiles: colon, breast, stomach, lung")

@@ -84,10 +84,29 @@ MEDMNIST_TEMPLATES = {"bloodmnist": "cytology", "dermamnist": "dermatology",
                       "pathmnist": "histopathology"}
 
 
+def check_npz_file(path: Path) -> None:
+    """An npz file is a zip of .npy arrays: anything else (a truncated download, an HTML error
+    page, a single .npy) is refused by name instead of numpy's misleading 'pickled data' error."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except IsADirectoryError:
+        raise UserError(f"npz: {path} is a folder, not an .npz file") from None
+    except OSError as e:
+        raise UserError(f"cannot read npz file {path}: {e.strerror or e}") from None
+    if head.startswith(b"\x93NUMPY"):
+        raise UserError(f"{path} is a single .npy array, not an .npz file of "
+                        "{train,val,test}_images / _labels arrays")
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        what = "empty" if not head else "not a zip archive"
+        raise UserError(f"{path} is not an .npz file ({what}; a truncated or failed download?)")
+
+
 def _npz_arrays(path: Path) -> tuple[dict[str, np.ndarray], str]:
     """All arrays of an npz file and a content fingerprint. Files up to ``NPZ_IN_MEMORY_BYTES``
     are read into memory and hashed; larger ones (``pathmnist_224.npz`` is >10 GB) are unpacked
     once into ``$MEDADAPT_CACHE/npz/`` and memory-mapped, fingerprinted by name, size, mtime."""
+    check_npz_file(path)
     try:
         st = path.stat()
         if st.st_size <= NPZ_IN_MEMORY_BYTES:
