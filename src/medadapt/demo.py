@@ -490,9 +490,10 @@ def add_parser(sub) -> None:
                         f"schedule (default: {PIXEL_STEPS})")
     p.add_argument("--max-steps", type=int, default=None,
                    help="cap every method at about this many steps per run (a quick look; every "
-                        "capped method is marked as a reduced budget)")
+                        "capped method is marked as a reduced budget; default: no cap)")
     p.add_argument("--tiny", action="store_true",
-                   help="use the tiny random backbone on real tiles (pipeline check only)")
+                   help="use the tiny random backbone on real tiles (pipeline check only; default: "
+                        "the shipped synthetic world)")
     p.add_argument("--data", default=None,
                    help="class-folder data set for --tiny (default: "
                         "../shared/data/crc-val-he-7k-sample)")
