@@ -143,7 +143,7 @@ def test_npz_that_is_not_medmnist(tmp_path):
     (tmp_path / "y.npz").write_bytes(b"not a zip")
     with pytest.raises(UserError) as e:
         from_npz(str(tmp_path / "y.npz"))
-    assert "cannot read npz" in one_line(e)
+    assert "not an .npz file" in one_line(e)
 
 
 def test_image_that_is_really_an_image(tmp_path):
