@@ -78,6 +78,12 @@ def test_folder_in_released_layout_loads_and_encodes_as_biomedcoop(tmp_path, mon
     assert torch.allclose(bb.encode_text(ids, embeddings=emb), want_t, atol=1e-5)
     assert len(bb.text_blocks()) == 2 and bb.vision_blocks() == []
     assert bb.eos_positions(ids).tolist() == [int((i == tok.sep_token_id).nonzero()[0]) for i in ids]
+    # the one train-time augmentation of every family: crop 0.08-1 (bicubic) + flip
+    from torchvision import transforms as T
+    steps = bb.train_preprocess.transforms
+    rrc = [t for t in steps if isinstance(t, T.RandomResizedCrop)]
+    assert len(rrc) == 1 and rrc[0].scale == (0.08, 1.0)
+    assert any(isinstance(t, T.RandomHorizontalFlip) for t in steps)
 
 
 def test_missing_or_wrong_files_are_user_errors(tmp_path):

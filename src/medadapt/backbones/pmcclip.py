@@ -43,7 +43,7 @@ LOGIT_SCALE = 4.4292  # BiomedCoOp ZeroshotPMCCLIP: logit_scale = exp(4.4292)
 CONTEXT_LENGTH = 77  # RN50_fusion4.json text_cfg.context_length; BiomedCoOp max_length=77
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # PMC-CLIP transform.py: OpenAI mean / std
 STD = (0.26862954, 0.26130258, 0.27577711)
-CROP_SCALE = 0.5  # PMC-CLIP README training command: --crop-scale 0.5
+CROP_SCALE = 0.5  # PMC-CLIP README pre-training command: --crop-scale 0.5 (not used for adaptation)
 
 
 def _torch_load(path: Path):
@@ -105,9 +105,10 @@ class PMCCLIPBackbone(Backbone):
         norm = T.Normalize(MEAN, STD)
         self.preprocess = T.Compose([T.Resize(self.image_size, interpolation=T.InterpolationMode.BICUBIC),
                                      T.CenterCrop(self.image_size), T.ToTensor(), norm])
-        self.train_preprocess = T.Compose([
-            T.RandomResizedCrop(self.image_size, scale=(CROP_SCALE, 1.0),
-                                interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(), norm])
+        # the one train-time augmentation of every family (backbones/transforms.py), not PMC-CLIP's
+        # pre-training crop scale (CROP_SCALE): the adaptation methods' references use 0.08-1 + flip
+        from medadapt.backbones.transforms import train_transform
+        self.train_preprocess = train_transform(self.image_size, MEAN, STD, "bicubic")
         self.freeze()
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
