@@ -1,7 +1,6 @@
 """Backbone interface: both families, the real on-disk formats, the hub-id path, and the
 identity between medadapt's embeddings and the raw library calls."""
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -88,11 +87,15 @@ def test_layer_hook_sees_and_changes_hidden_states(bb):
     assert torch.allclose(bb.encode_image(x), base_i, atol=1e-6)
 
 
-def test_tiny_backbones_are_deterministic():
+def test_tiny_backbones_are_deterministic(tmp_path, monkeypatch):
+    """Built twice from scratch (two private caches: deleting the shared cache's copy would pull
+    it from under other test workers), the tiny backbone is the same model."""
+    monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "one"))
     a = load_backbone("tiny-hf-clip")
-    shutil.rmtree(tiny_dir("tiny-hf-clip"))
+    assert str(tiny_dir("tiny-hf-clip")).startswith(str(tmp_path / "one"))
+    monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "two"))
     b = load_backbone("tiny-hf-clip")
-    assert a.fingerprint() == b.fingerprint()
+    assert (tmp_path / "two").exists() and a.fingerprint() == b.fingerprint()
 
 
 def test_raw_library_calls_match():
