@@ -138,12 +138,13 @@ class run_lock:
         return False
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flat_keys(d: dict, prefix: str = "") -> dict:
+    """A nested config as ``{"a.b": value}`` (empty mappings kept as values)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
-            out.update(_flat(v, key + "."))
+            out.update(flat_keys(v, key + "."))
         else:
             out[key] = v
     return out
@@ -152,8 +153,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def config_diff(stored: dict, wanted: dict) -> list[str]:
     """Dotted keys whose values differ between a stored and a new resolved config."""
     import yaml
-    a = _flat(yaml.safe_load(yaml.safe_dump(stored)))
-    b = _flat(yaml.safe_load(yaml.safe_dump(wanted)))
+    a = flat_keys(yaml.safe_load(yaml.safe_dump(stored)))
+    b = flat_keys(yaml.safe_load(yaml.safe_dump(wanted)))
     # a key the stored config lacks comes from a newer medadapt (it resolves every key): not a diff
     diff = [k for k in sorted(set(a) | set(b))
             if not any(k == i or k.startswith(i + ".") for i in RESUME_IGNORED + ("seeds",))

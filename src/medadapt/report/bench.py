@@ -59,6 +59,7 @@ from typing import Any, Callable
 import yaml
 
 from medadapt.config import apply_sets, deep_update, normalise, read_yaml_mapping
+from medadapt.engine.rundir import flat_keys
 from medadapt.errors import UserError
 
 GRID_KEYS = {"name", "title", "description", "out", "backbones", "datasets", "methods", "shots",
@@ -338,21 +339,10 @@ def validate(runs: list[RunSpec]) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # run folder state
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def config_diff(stored: dict, wanted: dict) -> list[str]:
     """Dotted keys whose values differ (ignoring device, seeds, loader settings)."""
-    a = _flatten(yaml.safe_load(yaml.safe_dump(stored)))
-    b = _flatten(yaml.safe_load(yaml.safe_dump(wanted)))
+    a = flat_keys(yaml.safe_load(yaml.safe_dump(stored)))
+    b = flat_keys(yaml.safe_load(yaml.safe_dump(wanted)))
     keys = sorted(set(a) | set(b))
     diff = [k for k in keys if not any(k == i or k.startswith(i + ".") for i in _IGNORED_DIFF)
             and a.get(k) != b.get(k)]
