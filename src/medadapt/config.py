@@ -61,6 +61,19 @@ DEFAULTS: dict = {
         "max_image_pixels": None,  # Pillow's decompression-bomb limit (None: Pillow's ~89 Mpx)
         "split_file": None,  # a split file in the data set's own format (e.g. BiomedCoOp's JSON)
         "options": None,  # other builder options of a registered data set (a mapping)
+        # few-shot sampling (issue 22): medadapt's sampler or Dassl's generate_fewshot_dataset
+        "sampler": "medadapt",  # medadapt | dassl
+        "val_shots": None,  # validation images per class: null = K (medadapt), e.g. 4 = min(K, 4)
+        "b2n_draw": "base",  # base-to-novel: base = draw base classes only; all = draw K over all
+                             # classes, then keep the base ones (BiomedCoOp / Dassl subsample)
+        "sample_seed": None,  # null: each run seed draws its own images; N: every seed trains on
+                              # seed N's images (BiomedCoOp main.py methods), the +- is then over
+                              # augmentation / initialisation only
+        # train-time augmentation policy: RandomResizedCrop(scale=crop_scale) [+ flip]
+        "crop_scale": [0.08, 1.0],
+        "flip": True,
+        "fresh_views": False,  # cached-feature methods: a fresh augmented view per epoch (exact)
+                               # instead of cycling augment_views cached views
     },
     "texts": {
         "template_set": None,  # default: the data set's (histopathology, cytology, ...)
@@ -159,23 +172,27 @@ TOP_KEYS = {"backbone": (str,), "dataset": (str,), "method": (dict,), "shots": (
 PROTOCOLS = ("few-shot", "base-to-novel", "cross-domain")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # keys whose value must be a positive number (> 0) / a non-negative one
-_POSITIVE = {"train.epochs", "train.batch_size", "data.batch_size", "train.lr",
+_POSITIVE = {"train.epochs", "train.batch_size", "data.batch_size", "train.lr", "data.val_shots",
              "data.max_image_pixels", "train.eps"}
 # settings with a fixed set of values (checked here, so a method that never reaches the code that
 # reads them, e.g. linear-probe and train.sched_unit, cannot accept a typo silently)
 ENUMS = {"train.optimizer": ("sgd", "adamw"), "train.warmup": ("constant", "linear"),
          "train.sched_unit": ("epoch", "step"), "train.backbone_mode": ("eval", "train"),
-         "data.precision": ("auto", "fp32", "fp16", "bf16")}
+         "data.precision": ("auto", "fp32", "fp16", "bf16"),
+         "data.sampler": ("medadapt", "dassl"), "data.b2n_draw": ("base", "all"),
+         "method.impl": ("paper", "biomedcoop")}
 # data settings that only mean something under one protocol
 _PROTOCOL_ONLY = {"base": "base-to-novel", "novel": "base-to-novel", "train_domain": "cross-domain"}
-_NON_NEGATIVE = {"shots", "data.workers", "train.workers", "train.warmup_epochs",
+_NON_NEGATIVE = {"shots", "data.sample_seed", "data.workers", "train.workers", "train.warmup_epochs",
                  "train.weight_decay", "train.grad_clip", "train.eval_every",
                  "train.checkpoint_every", "data.augment_views", "train.warmup_lr",
                  "train.momentum"}
 _DATA_TYPES = {"skip_bad": bool, "allow_fewer": bool, "fraction": float, "base": list,
                "novel": list, "train_domain": str, "batch_size": int, "workers": int,
                "precision": str, "augment_views": int, "cache": bool, "max_image_pixels": int,
-               "split_file": str, "options": dict}
+               "split_file": str, "options": dict, "sampler": str, "val_shots": int,
+               "b2n_draw": str, "sample_seed": int, "crop_scale": list, "flip": bool,
+               "fresh_views": bool}
 _TEXT_TYPES = {"template_set": str, "templates": list, "descriptions": str}
 
 
@@ -308,7 +325,7 @@ def validate(cfg: dict, method_defaults: dict, train_schema: dict) -> None:
 
 
 _DATA_NULLABLE = {"fraction", "base", "novel", "train_domain", "max_image_pixels", "split_file",
-                  "options"}
+                  "options", "val_shots", "sample_seed"}
 
 
 def _check_data(d: dict) -> None:

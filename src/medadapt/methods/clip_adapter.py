@@ -77,11 +77,13 @@ class CLIPAdapter(Method):
     supports_novel = True  # with the image-only adapter the classifier is the text encoder
     defaults = {"adapt": "image",  # image | text | both
                 "reduction": 4, "alpha": 0.2, "learn_alpha": False, "final_relu": True,
-                "normalize_input": False, "text_mode": "template"}
+                "normalize_input": False, "text_mode": "template",
+                "impl": "paper"}
     train_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4,
                       "epochs": 200, "batch_size": 32, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "grad_clip": 0.0}
     sources: ClassVar[dict[str, str]] = {
+        "method.impl": "paper: this method as its own paper's release runs it; biomedcoop: as BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes)",
         "method.adapt": "gaopengcuhk/CLIP-Adapter clip_adapter.py (visual adapter only)",
         "method.reduction": "clip_adapter.py: Adapter(1024, 4)",
         "method.alpha": "clip_adapter.py: ratio = 0.2",

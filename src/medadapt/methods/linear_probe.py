@@ -24,10 +24,12 @@ class LinearProbe(Method):
     trainable = False
     supports_novel = False
     defaults = {"C": None, "coarse_grid": [1e-6, 1e-4, 1e-2, 1e0, 1e2, 1e4, 1e6],
-                "fine_steps": 7, "max_iter": 1000, "class_weight": None}
+                "fine_steps": 7, "max_iter": 1000, "class_weight": None,
+                "impl": "paper"}
     data_defaults = {"augment_views": 0}  # CLIP's linear probe: eval-transform features only
     learned_buffers = ("weight", "bias")
     sources = {
+        "method.impl": "paper: this method as its own paper's release runs it; biomedcoop: as BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes)",
         "method.C": "CLIP paper App. A.3: C chosen on a validation split (null: search)",
         "method.coarse_grid": ("KaiyangZhou/CoOp lpclip/linear_probe.py: first sweep over C in "
                                "1e6, 1e4, ..., 1e-6 (decades 2 apart)"),

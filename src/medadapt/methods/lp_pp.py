@@ -79,8 +79,10 @@ class LPPlusPlus(Method):
     trainable = False  # its own full-batch loop (fit), not the engine's mini-batch loop
     supports_novel = False  # W, b and alpha are class-specific
     defaults = {"epochs": 300, "alpha_every": 10, "alpha_scale": 250.0, "momentum": 0.9,
-                "alpha_grad": "accumulate", "text_mode": "ensemble", "select_on_val": True}
+                "alpha_grad": "accumulate", "text_mode": "ensemble", "select_on_val": True,
+                "impl": "paper"}
     sources: ClassVar[dict[str, str]] = {
+        "method.impl": "paper: this method as its own paper's release runs it; biomedcoop: as BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes)",
         "method.epochs": f"{_REPO} configs/base.yaml train_epoch: 300 (linear-probe: 300); "
                          "BiomedCoOp configs/trainers/LP/few_shot.yaml train_epoch: 300",
         "method.alpha_every": f"{_REPO} methods/linear_probe_p2.py: if (epoch + 1) % 10 == 0",

@@ -79,10 +79,12 @@ class TipAdapter(Method):
     trainable = False
     supports_novel = False  # the cache values are one-hot over the training classes
     defaults = {"init_alpha": 1.0, "init_beta": 1.0, "search": True,
-                "search_scale": [50.0, 50.0], "search_step": [200, 200], "text_mode": "template"}
+                "search_scale": [50.0, 50.0], "search_step": [200, 200], "text_mode": "template",
+                "impl": "paper"}
     data_defaults = {"augment_views": 10}
     learned_buffers = ("cache_keys", "cache_values", "alpha_beta")
     sources = {
+        "method.impl": "paper: this method as its own paper's release runs it; biomedcoop: as BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes)",
         "method.init_alpha": (f"{_BIOMED_TIP} init_alpha 1 (Tip-Adapter's ImageNet config: 1.17)"),
         "method.init_beta": f"{_BIOMED_TIP} init_beta 1 (Tip-Adapter configs/imagenet.yaml: 1)",
         "method.search": f"{_BIOMED_TIP} search_hp True (on the validation split only)",
