@@ -29,7 +29,8 @@ def main() -> None:
     from medadapt.backbones import load_backbone
     from medadapt.data.fewshot import ids_to_indices
     from medadapt.engine.features import FeatureCache
-    from medadapt.engine.runner import Prepared, Runner, resolve
+    from medadapt.engine.runner import Prepared, Runner
+    from medadapt.engine.resolve import resolve
     from medadapt.engine.train import Engine
     from medadapt.methods import get_method
 

@@ -88,7 +88,7 @@ def test_split(bb, ds, cache):
 
 
 def fit_once(arm, bb, ds, texts, seed, shots, epochs, views, cache, test):
-    from medadapt.engine.runner import set_seed
+    from medadapt.engine.rundir import set_seed
     from medadapt.engine.train import Engine
     from medadapt.methods import get_method
     cls = pixel_coop() if arm == "pixel" else get_method("coop")
@@ -153,7 +153,7 @@ def part_speed(args) -> dict:
     from medadapt.data.sources import load_dataset
     from medadapt.data.texts import load_class_texts
     from medadapt.engine.features import FeatureCache
-    from medadapt.engine.runner import set_seed
+    from medadapt.engine.rundir import set_seed
     from medadapt.engine.train import Engine
     from medadapt.methods import get_method
     bb = vit_b16_backbone()

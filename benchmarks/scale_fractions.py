@@ -10,7 +10,7 @@ seed (1, 2, 3): SCALE, linear probe (multinomial at class level; one-vs-rest log
 at class-concept level, i.e. the binary cross-entropy probe the paper describes), the same probe
 with class weighting (``class_weight=balanced``), CoOp (when a ``coop`` method is registered)
 and zero-shot (the frozen model on SCALE's class-concept prompts; class score = max over a class's
-combinations, as in SCALE). Metrics from :mod:`medadapt.scale_eval`: mean class accuracy, macro
+combinations, as in SCALE). Metrics from :mod:`medadapt.methods.scale_eval`: mean class accuracy, macro
 recall, macro F1, AUC (VLMs: the paper's softmax over [prompt, "No finding."]; the probes and
 CoOp have no "No finding." prompt and use their own probabilities).
 
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     from medadapt.hierarchy import load_hierarchy
     from medadapt.methods import METHODS, load_all
     from medadapt.methods.scale import SCALE
-    from medadapt.scale_eval import (Levels, evaluate_scale, fit_thresholds, level_metrics,
+    from medadapt.methods.scale_eval import (Levels, evaluate_scale, fit_thresholds, level_metrics,
                                      scale_tsne)
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=args.threads)  # BLAS / OpenMP in scikit-learn too

@@ -54,7 +54,7 @@ def test_forward_and_gradients(env, data_csv):
 
 
 def test_cli_overfits_and_reloads(env, data_csv, tmp_path):
-    from medadapt.engine.runner import evaluate_run, load_run
+    from medadapt.engine.evaluate import evaluate_run, load_run
     out = tmp_path / "ca"
     assert main(["fit", "--backbone", "tiny-hf-clip", "--dataset", f"csv:{data_csv}", "--method",
                  "clip-adapter", "--shots", "4", "--out", str(out), "--quiet",

@@ -128,7 +128,7 @@ def test_fused_qkv_split_matches_timm_attention():
 
 
 def test_cli_overfits_and_reloads(env, data_csv, tmp_path):
-    from medadapt.engine.runner import evaluate_run
+    from medadapt.engine.evaluate import evaluate_run
     out = tmp_path / "lora"
     assert main(["fit", "--backbone", "tiny-hf-clip", "--dataset", f"csv:{data_csv}", "--method",
                  "clip-lora", "--shots", "4", "--out", str(out), "--quiet",

@@ -94,7 +94,7 @@ def test_tip_f_learns_only_keys(env, data_csv, tmp_path):
                        "--set", "data.augment_views=0"]),
 ])
 def test_cli_overfits_and_reloads(env, data_csv, tmp_path, method, extra):
-    from medadapt.engine.runner import evaluate_run
+    from medadapt.engine.evaluate import evaluate_run
     out = tmp_path / method
     assert main(["fit", "--backbone", "tiny-hf-clip", "--dataset", f"csv:{data_csv}", "--method",
                  method, "--shots", "4", "--out", str(out), "--quiet", *extra]) == 0

@@ -91,7 +91,7 @@ def test_validate_names_before_running():
 
 
 def test_config_diff_and_run_state(tmp_path):
-    from medadapt.engine.runner import resolve
+    from medadapt.engine.resolve import resolve
     spec = expand_grid(grid())[0]
     folder = tmp_path / spec.id
     assert run_state(spec, folder)[0] == "absent"

@@ -79,7 +79,8 @@ def test_npz_medmnist(tmp_path, shared_data):
 
 
 def test_prompt_method_save_load_identical_predictions(tmp_path, shared_data):
-    from medadapt.engine.runner import load_run, predict_paths
+    from medadapt.engine.evaluate import load_run
+    from medadapt.engine.predict import predict_paths
     out = tmp_path / "coop"
     assert run_cli("fit", "--backbone", "tiny-open-clip-bpe", "--dataset", f"folder:{CRC}",
                    "--method", "coop", "--shots", "2", "--out", out, "--quiet",

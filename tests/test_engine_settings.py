@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from medadapt.backbones import load_backbone
 from medadapt.data.texts import ClassTexts
-from medadapt.engine.runner import resolve
+from medadapt.engine.resolve import resolve
 from medadapt.engine.train import TRAIN_DEFAULTS, Engine, Split, dassl_lr, view_schedule
 from medadapt.methods import Batch, get_method
 from medadapt.methods.base import Method

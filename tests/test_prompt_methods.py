@@ -93,7 +93,7 @@ def make(method, family, cfg=None, seed=0):
 @pytest.mark.parametrize("method,family", FIT_CASES)
 def test_fit_trains_and_reloads(world, method, family):
     from medadapt.cli import main
-    from medadapt.engine.runner import evaluate_run, load_run
+    from medadapt.engine.evaluate import evaluate_run, load_run
     out = world["root"] / "runs" / f"{method}-{family}"
     rc = main(["fit", "--backbone", family, "--dataset", f"folder:{world['data']}",
                "--method", method, "--shots", "2", "--out", str(out), "--quiet",

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from medadapt.report.report import Table, load_runs
+from medadapt.report.runs import load_runs
+from medadapt.report.tables import Table
 
 CLASSES = ["ADI", "DEB", "TUM"]
 
@@ -213,7 +214,7 @@ def test_load_runs_skips_report_folder(runs_dir):
 
 
 def test_silhouette_and_stratified_subsample():
-    from medadapt.report.report import _silhouette, _stratified
+    from medadapt.report.tsne import _silhouette, _stratified
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, .05, (20, 4)) + [1, 0, 0, 0],
                         rng.normal(0, .05, (20, 4)) + [0, 1, 0, 0]])

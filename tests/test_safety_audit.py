@@ -231,7 +231,7 @@ def test_npz_that_is_not_an_npz_is_refused_by_name(tmp_path, content, says):
     ("data.train_domain=colon", "data.train_domain applies only to the cross-domain protocol"),
 ])
 def test_settings_no_method_reads_are_still_checked(setting, says):
-    from medadapt.engine.runner import resolve
+    from medadapt.engine.resolve import resolve
     from medadapt.errors import UserError
     cfg = {"backbone": "tiny-hf-clip", "dataset": "folder:x", "method": "linear-probe"}
     from medadapt.config import apply_sets
@@ -242,7 +242,7 @@ def test_settings_no_method_reads_are_still_checked(setting, says):
 
 def test_enum_settings_accept_their_values():
     from medadapt.config import apply_sets
-    from medadapt.engine.runner import resolve
+    from medadapt.engine.resolve import resolve
     cfg = {"backbone": "tiny-hf-clip", "dataset": "folder:x", "method": "coop",
            "protocol": "base-to-novel"}
     resolve(apply_sets(cfg, ["train.sched_unit=step", "train.backbone_mode=train",

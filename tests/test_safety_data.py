@@ -242,7 +242,7 @@ def test_hidden_folders_are_skipped_by_fit_and_predict_alike(tmp_path):
         shutil.copy(TILES[6], data / c / ".hidden.png")
     ds = from_folder(str(data))
     assert len(ds) == 6 and not any("." in Path(r.id).parts[1][:1] for r in ds.records)
-    from medadapt.engine.runner import predict_inputs
+    from medadapt.engine.predict import predict_inputs
     assert len(predict_inputs([str(data)])) == 6
 
 

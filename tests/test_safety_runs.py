@@ -74,7 +74,7 @@ def test_out_equal_to_the_data_set_folder_is_refused(tmp_path, capsys, shared_da
 
 def test_out_equal_to_an_empty_data_set_folder_via_run_folder_check(tmp_path, shared_data):
     from medadapt.data.sources import from_folder
-    from medadapt.engine.runner import check_not_data_folder
+    from medadapt.engine.rundir import check_not_data_folder
     from medadapt.errors import UserError
     data = tmp_path / "data"
     shutil.copytree(CRC, data)
@@ -159,7 +159,7 @@ def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys, share
 # ------------------------------------------------------------------------------------------------
 # lock
 def test_second_process_on_the_same_out_refuses(tmp_path, capsys, shared_data):
-    from medadapt.engine.runner import run_lock
+    from medadapt.engine.rundir import run_lock
     out = tmp_path / "run"
     with run_lock(out):
         assert fit(out) == 2
@@ -172,13 +172,13 @@ def test_stale_lock_after_sigkill_does_not_block(tmp_path, shared_data):
     out = tmp_path / "run"
     src = str(Path(__file__).resolve().parents[1] / "src")
     code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from pathlib import Path\nfrom medadapt.engine.runner import run_lock\n"
+            "from pathlib import Path\nfrom medadapt.engine.rundir import run_lock\n"
             "l = run_lock(Path(%r)).__enter__()\nprint('locked', flush=True)\ntime.sleep(60)\n"
             % (src, str(out)))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "locked"
-        from medadapt.engine.runner import run_lock
+        from medadapt.engine.rundir import run_lock
         from medadapt.errors import UserError
         with pytest.raises(UserError, match="in use"):
             run_lock(out).__enter__()
@@ -219,7 +219,7 @@ def test_eval_reports_every_seed_and_mean_std(done_run, capsys):
     out = capsys.readouterr().out
     assert "seed 1:" in out and "seed 2:" in out
     assert "mean accuracy" in out and "± " in out and "over 2 seeds" in out
-    from medadapt.engine.runner import evaluate_run
+    from medadapt.engine.evaluate import evaluate_run
     r = evaluate_run(done_run, progress=False)
     accs = [s["metrics"]["accuracy"] for s in r["seeds"]]
     assert [s["seed"] for s in r["seeds"]] == [1, 2]

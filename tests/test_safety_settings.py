@@ -4,7 +4,7 @@ import pytest
 
 from conftest import CRC, run_cli
 from medadapt.config import apply_sets, parse_value
-from medadapt.engine.runner import resolve
+from medadapt.engine.resolve import resolve
 from medadapt.errors import UserError
 
 BASE = {"backbone": "tiny-hf-clip", "dataset": f"folder:{CRC}", "method": {"name": "coop"}}

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medadapt.hierarchy import load_hierarchy
-from medadapt.scale_eval import Levels, level_metrics, no_finding_probability, tsne_plot
+from medadapt.methods.scale_eval import Levels, level_metrics, no_finding_probability, tsne_plot
 from test_scale_fixtures import backbone, data_csv, env, feature_split  # noqa: F401
 
 
@@ -73,7 +73,7 @@ def test_evaluate_scale_and_tsne(env, data_csv, tmp_path):
     from medadapt.data.texts import load_class_texts
     from medadapt.engine.train import Engine
     from medadapt.methods.scale import SCALE
-    from medadapt.scale_eval import evaluate_scale_split, scale_tsne
+    from medadapt.methods.scale_eval import evaluate_scale_split, scale_tsne
 
     bb = backbone("tiny-hf-clip")
     tr = feature_split(bb, data_csv)
@@ -105,7 +105,7 @@ def test_tsne_plot_small(tmp_path):
 
 
 def test_fit_thresholds_on_validation():
-    from medadapt.scale_eval import fit_thresholds
+    from medadapt.methods.scale_eval import fit_thresholds
     y = np.array([[1, 0], [1, 0], [0, 0], [0, 1]], dtype=bool)
     s = np.array([[0.9, 0.1], [0.7, 0.2], [0.3, 0.3], [0.2, 0.8]])
     t = fit_thresholds(y, s)

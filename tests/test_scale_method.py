@@ -60,7 +60,7 @@ def test_predict_says_why(scale_run, data_csv, tmp_path):
 
 
 def test_save_load_identical_predictions(scale_run, data_csv, tmp_path):
-    from medadapt.engine.runner import evaluate_run, load_run
+    from medadapt.engine.evaluate import evaluate_run, load_run
     res = json.loads((scale_run / "results.json").read_text())
     again = evaluate_run(scale_run, progress=False)
     assert again["metrics"]["auc"] == res["metrics"]["auc"]

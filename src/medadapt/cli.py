@@ -170,7 +170,7 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from medadapt.engine.runner import evaluate_run
+    from medadapt.engine.evaluate import evaluate_run
     out = evaluate_run(args.run, args.dataset, progress=not args.quiet)
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "n")
     if len(out["seeds"]) == 1:
@@ -191,7 +191,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from medadapt.engine.runner import predict_paths
+    from medadapt.engine.predict import predict_paths
     out = predict_paths(args.run, args.inputs, args.out, batch_size=args.batch_size,
                         skip_bad=args.skip_bad, progress=not args.quiet,
                         max_image_pixels=args.max_image_pixels, seed=args.seed)

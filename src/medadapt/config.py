@@ -80,7 +80,33 @@ DEFAULTS: dict = {
         "templates": None,  # explicit list of templates with '{}'
         "descriptions": None,  # JSON file; default: the data set's shipped descriptions
     },
-    "train": {},  # engine settings (see medadapt.engine.train.TRAIN_DEFAULTS)
+    "train": {},  # engine settings (see TRAIN_DEFAULTS below)
+}
+
+
+# Engine settings (config section ``train``, medadapt.engine.train.Engine); a method's
+# ``train_defaults`` override them. Kept here, below the engine and the methods, so that both
+# read one table.
+TRAIN_DEFAULTS = {
+    "optimizer": "sgd",  # sgd | adamw
+    "lr": 0.002,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "epochs": 50,
+    "batch_size": 32,
+    "warmup_epochs": 1,
+    "warmup": "constant",  # constant (CoOp: lr 1e-5 during warm-up) | linear
+    "warmup_lr": 1e-5,
+    "sched_unit": "epoch",  # epoch (Dassl: lr set once per epoch) | step (per optimiser step)
+    "eps": 1e-8,  # AdamW eps (torch's default; Tip-Adapter-F's reference uses 1e-4)
+    "grad_clip": 0.0,  # max gradient norm; 0 (default) disables: no reference trainer clips
+    "backbone_mode": "eval",  # eval | train: the frozen backbone's module mode while training
+    "drop_last": True,  # drop the last incomplete training batch when there is a full one (Dassl)
+    "amp": True,  # only used on CUDA
+    "eval_every": 0,  # epochs between validation passes (0: only at the end)
+    "checkpoint": True,  # save checkpoints during training (enables --resume)
+    "checkpoint_every": 0,  # epochs between checkpoints; 0: about 20 per run
+    "workers": 0,
 }
 
 

@@ -149,7 +149,7 @@ def make_jobs(backbone: str, fewshot_ds: str, concept_ds: str | None, methods: l
               ) -> tuple[list[Job], dict[str, str]]:
     """The runs of the demo and the methods it skips, each with its reason."""
     from medadapt.data.sources import load_dataset
-    from medadapt.engine.runner import resolve
+    from medadapt.engine.resolve import resolve
     from medadapt.methods import get_method
 
     ds = load_dataset(fewshot_ds)
@@ -337,7 +337,9 @@ def _prepare_cache(backbone: str, jobs: list[Job], device: str) -> None:
     from medadapt.data.fewshot import ids_to_indices
     from medadapt.data.sources import load_dataset
     from medadapt.engine.features import FeatureCache
-    from medadapt.engine.runner import Prepared, pick_device, resolve
+    from medadapt.engine.runner import Prepared
+    from medadapt.engine.rundir import pick_device
+    from medadapt.engine.resolve import resolve
     from medadapt.methods import get_method
     bb = load_backbone(backbone, device=pick_device(device))
     cache = FeatureCache()

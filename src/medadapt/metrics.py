@@ -7,6 +7,9 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              recall_score, roc_auc_score)
 
+# the metrics every results.json / summary.json carries (DESIGN.md)
+CORE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
+
 
 def harmonic_mean(a: float, b: float) -> float:
     """HM of base and novel accuracy, as in CoCoOp."""

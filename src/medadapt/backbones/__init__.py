@@ -94,7 +94,7 @@ _R("synthpath-clip", BackboneSpec("synthpath-clip", "hf_clip", "package:synth/we
 
 
 def tiny_dir(name: str) -> Path:
-    from medadapt.data.sources import cache_home
+    from medadapt.paths import cache_home
     return cache_home() / "tiny" / name
 
 

@@ -176,7 +176,7 @@ def text_config_folder(hf_model_name: str, extra: dict | None = None) -> str | N
     from pathlib import Path
 
     from medadapt.backbones import hub
-    from medadapt.data.sources import cache_home
+    from medadapt.paths import cache_home
 
     if os.path.isdir(hf_model_name):
         return hf_model_name

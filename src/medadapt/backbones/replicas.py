@@ -74,7 +74,7 @@ def _hf_clip(folder: Path, patch: int, seed: int, bin_weights: bool) -> Path:
 
 def _clip_tokenizer_into(folder: Path) -> None:
     """CLIP's BPE tokenizer files (built once per cache from open_clip's merges, then copied)."""
-    from medadapt.data.sources import cache_home
+    from medadapt.paths import cache_home
     src = cache_home() / "tiny" / "clip-bpe-tokenizer"
     if not (src / ".complete").is_file():
         tmp = src.with_name(src.name + ".tmp")

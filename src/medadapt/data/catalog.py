@@ -7,12 +7,12 @@ back.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from medadapt.data.dataset import DataSet
+from medadapt.paths import cache_home, data_home  # noqa: F401 (re-exported)
 from medadapt.registry import Registry
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
@@ -52,18 +52,6 @@ class DatasetInfo:
 
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
-
-
-def data_home() -> Path:
-    """Where registered data sets live by default: ``$MEDADAPT_DATA`` or ~/.cache/medadapt/data."""
-    return Path(os.environ.get("MEDADAPT_DATA", Path.home() / ".cache" / "medadapt" / "data"))
-
-
-def cache_home() -> Path:
-    """Where caches live: ``$MEDADAPT_CACHE`` or ~/.cache/medadapt."""
-    return Path(os.environ.get("MEDADAPT_CACHE", Path.home() / ".cache" / "medadapt"))
-
-
 
 
 def dataset_options(cfg: dict) -> dict:

@@ -210,7 +210,7 @@ def file_digest(path: str, size: int) -> str:
 
 
 def _memo_path(root: str) -> str | None:
-    from medadapt.data.sources import cache_home
+    from medadapt.paths import cache_home
     key = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:24]
     return str(cache_home() / "fingerprints" / f"{key}.json")
 

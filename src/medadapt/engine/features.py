@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from medadapt.data.dataset import DataSet
-from medadapt.data.sources import cache_home
+from medadapt.paths import cache_home
 from medadapt.errors import UserError
 
 

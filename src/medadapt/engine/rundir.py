@@ -4,13 +4,21 @@
 - :func:`check_out_dir` / :func:`check_not_data_folder`: ``--out`` must be a writable folder
   outside the data set;
 - :class:`run_lock`: one writer per run folder (``flock``; a killed holder leaves no stale lock);
-- :func:`config_diff`: the keys that differ between a stored and a new config (``--resume``).
+- :func:`config_diff`: the keys that differ between a stored and a new config (``--resume``);
+- :func:`atomic_json`, :class:`RunLog`, :func:`pick_device`, :func:`set_seed`: the small pieces
+  every writer of a run folder shares.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
+import time
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from medadapt.data.dataset import DataSet
 from medadapt.errors import UserError
@@ -163,3 +171,44 @@ def config_diff(stored: dict, wanted: dict) -> list[str]:
     if old != new and (len(old) > 1) != (len(new) > 1):
         diff.append("seeds (single-seed vs several-seed folder layout)")
     return diff
+
+
+# ------------------------------------------------------------------------------------------------
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available")
+    return name
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+class RunLog:
+    def __init__(self, path: Path | None, quiet: bool = False):
+        self.path, self.quiet = path, quiet
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        if not self.quiet:
+            print(line, file=sys.stderr)

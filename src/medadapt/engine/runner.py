@@ -1,4 +1,4 @@
-"""fit / eval / predict: from a resolved config to a run folder (DESIGN.md contracts).
+"""fit: from a resolved config to a run folder (DESIGN.md contracts).
 
 Run folder: ``config.yaml``, ``classes.json``, and per seed ``fewshot.json``, ``results.json``,
 ``params.safetensors``, ``log.txt`` (in ``seed<N>/`` when several seeds, plus ``summary.json``).
@@ -7,128 +7,37 @@ is created; any failure after that (not only a user error) removes what this cal
 nothing is half-written; ``--overwrite`` builds beside the old run and swaps on success, ``--resume``
 refuses another config, and one process at a time holds a run folder (:mod:`medadapt.engine.rundir`,
 docs/safety.md). An interrupted run (Ctrl-C, SIGKILL) is kept for ``--resume``.
+Reading a finished run back: :mod:`medadapt.engine.evaluate`; predictions:
+:mod:`medadapt.engine.predict`; resolving a config: :mod:`medadapt.engine.resolve`.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
+from safetensors.torch import save_file
 
 import medadapt
-from medadapt.config import DEFAULTS, deep_update, dump_yaml, load_yaml
+from medadapt.config import dump_yaml, load_yaml
 from medadapt.data.catalog import dataset_options
-from medadapt.data.dataset import DataSet
 from medadapt.data.fewshot import (base_novel_split, fraction_subset, ids_to_indices, load_fewshot,
                                    sample_fewshot, save_fewshot)
 from medadapt.data.sources import load_dataset
-from medadapt.data.texts import ClassTexts, load_class_texts, shipped_descriptions
 from medadapt.engine.features import FeatureCache
-from medadapt.engine.rundir import (check_not_data_folder, check_out_dir, config_diff,  # noqa: F401
-                                    foreign_entries, is_run_folder, run_lock)
+from medadapt.engine.resolve import class_texts_for, resolve
+from medadapt.engine.rundir import (RunLog, atomic_json, check_not_data_folder, check_out_dir,
+                                    config_diff, foreign_entries, is_run_folder, pick_device,
+                                    run_lock, set_seed)
 from medadapt.engine.train import Engine, Split
 from medadapt.errors import UserError
-from medadapt.methods import Batch, Method, get_method
-from medadapt.metrics import classification_metrics, harmonic_mean
-
-CORE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available")
-    return name
-
-
-def set_seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
-
-
-def atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
-
-
-class RunLog:
-    def __init__(self, path: Path | None, quiet: bool = False):
-        self.path, self.quiet = path, quiet
-
-    def __call__(self, msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        if self.path:
-            with open(self.path, "a") as f:
-                f.write(line + "\n")
-        if not self.quiet:
-            print(line, file=sys.stderr)
-
-
-# ------------------------------------------------------------------------------------------------
-def resolve(cfg: dict) -> dict:
-    """Fill defaults (global, then the method's paper defaults) under the user's settings."""
-    from medadapt.config import check_top_level, normalise, train_schema, validate
-    cfg = normalise(cfg)
-    check_top_level(cfg)
-    user = cfg
-    cfg = deep_update(DEFAULTS, cfg)
-    for key in ("backbone", "dataset"):
-        if not cfg.get(key):
-            raise UserError(f"missing --{key}")
-    name = (cfg.get("method") or {}).get("name")
-    if not name:
-        raise UserError("missing --method (see `medadapt methods`)")
-    if not isinstance(name, str):
-        raise UserError(f"method.name must be a method name, got {name!r}")
-    cls = get_method(name)
-    if cfg["protocol"] not in ("few-shot", "base-to-novel", "cross-domain"):
-        raise UserError(f"unknown protocol {cfg['protocol']!r}; valid: few-shot, base-to-novel, "
-                        "cross-domain")
-    if not isinstance(cfg["shots"], int) or isinstance(cfg["shots"], bool):
-        raise UserError(f"shots must be an integer >= 0 (0 = all images), got {cfg['shots']!r}")
-    shots = None if cfg["data"].get("fraction") else int(cfg["shots"])
-    d = cls.resolved_defaults(shots, cfg["protocol"])  # the paper's, shot/protocol-dependent
-    cfg["method"] = {**d["method"], **cfg["method"]}
-    cfg["train"] = {**d["train"], **(cfg.get("train") or {})}
-    cfg["data"] = {**d["data"], **((user.get("data") or {}) if isinstance(user.get("data"), dict)
-                                   else {})}
-    from medadapt.engine.train import TRAIN_DEFAULTS
-    if not cfg["seeds"]:
-        raise UserError("give at least one seed")
-    validate(cfg, cls.defaults, train_schema(TRAIN_DEFAULTS, cls.train_defaults))
-    from medadapt.engine.features import autocast_dtype
-    autocast_dtype(cfg["data"].get("precision", "auto"), "cpu")  # validates the name
-    return cfg
-
-
-def class_texts_for(cfg: dict, ds: DataSet, classnames: list[str], needs: bool) -> ClassTexts:
-    t = cfg["texts"]
-    desc = t.get("descriptions")
-    if desc is None and ds.meta.get("descriptions"):
-        shipped = shipped_descriptions(ds.meta["descriptions"])
-        desc = str(shipped) if shipped.exists() else None
-    return load_class_texts(classnames, t.get("template_set") or ds.meta.get("template_set",
-                                                                          "histopathology"),
-                            desc, t.get("templates"), require_descriptions=needs)
+from medadapt.methods import Method, get_method
+from medadapt.metrics import CORE_METRICS, classification_metrics, harmonic_mean
 
 
 class Prepared:
@@ -180,7 +89,6 @@ class Prepared:
         return not self._bad[i]
 
 
-# ------------------------------------------------------------------------------------------------
 class Runner:
     def __init__(self, cfg: dict, out: str | Path, overwrite: bool = False, resume: bool = False,
                  quiet: bool = False, progress: bool = True):
@@ -466,328 +374,4 @@ def summarise(results: list[dict]) -> dict:
                                                        for r in results])
     for k in ("base", "novel", "hm", "train_seconds", "n_trainable_params"):
         out[k] = stat([r.get(k) for r in results])
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-def _seed_dirs(run: Path) -> list[Path]:
-    if (run / "results.json").exists():
-        return [run]
-    dirs = sorted((d for d in run.glob("seed*") if (d / "results.json").exists()),
-                  key=lambda d: (len(d.name), d.name))
-    if not dirs:
-        raise UserError(f"{run} is not a finished medadapt run (no results.json); finish it with "
-                        "`medadapt fit ... --resume`")
-    return dirs
-
-
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path.parent} is not a finished medadapt run (no {path.name}); "
-                        "finish it with `medadapt fit ... --resume`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: {what} is not valid JSON ({e}); the run is damaged, re-run it") from None
-
-
-def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"):
-    """Rebuild the backbone and the trained method of a run folder; a missing, half-written or
-    damaged file is a one-line ``UserError``."""
-    run = Path(run)
-    if not run.is_dir():
-        raise UserError(f"run folder not found: {run}")
-    if not (run / "config.yaml").exists():
-        raise UserError(f"{run} is not a medadapt run folder (no config.yaml)")
-    cfg = load_yaml(run / "config.yaml")
-    for key in ("backbone", "method", "dataset"):
-        if not cfg.get(key):
-            raise UserError(f"{run}/config.yaml is damaged (no {key})")
-    classes = _read_json(run / "classes.json", "classes.json")
-    try:
-        texts = ClassTexts(classes["classnames"], classes["templates"], classes["descriptions"])
-    except (KeyError, TypeError):
-        raise UserError(f"{run}/classes.json is damaged (missing classnames / templates)") from None
-    sdir = seed_dir or _seed_dirs(run)[0]
-    from medadapt.backbones import load_backbone
-    backbone = load_backbone(cfg["backbone"], device=pick_device(device))
-    cls = get_method(cfg["method"]["name"])
-    res = _read_json(sdir / "results.json", "results.json")
-    train_names = classes.get("train_classnames") or texts.classnames
-    if "train_classnames" not in classes and res.get("protocol") == "base-to-novel":
-        base, _ = base_novel_split(texts.classnames, cfg["data"].get("base"), cfg["data"].get("novel"))
-        train_names = [texts.classnames[i] for i in base]
-    set_seed(int(res.get("seed", 1)))
-    method = cls(backbone, texts.for_classes(train_names), cfg["method"]).to(backbone.device)
-    params = sdir / "params.safetensors"
-    if not params.exists():
-        raise UserError(f"{sdir} has no params.safetensors; the run is incomplete, re-run it")
-    try:
-        state = load_file(str(params))
-        method.load_learned_state_dict(state)
-    except Exception as e:  # SafetensorError (truncated), RuntimeError (shape mismatch) ...
-        raise UserError(f"{params} is damaged or does not match the run's method "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        "re-run it") from None
-    method.eval()
-    return cfg, texts, backbone, method, sdir
-
-
-def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = True,
-                 quiet: bool = False) -> dict:
-    """Evaluate every seed of a run; ``metrics`` is the first seed's (backward compatible),
-    ``seeds`` holds each seed's and ``summary`` the mean and std over seeds."""
-    run = Path(run)
-    if not (run / "config.yaml").exists():
-        load_run(run)  # raises the one-line error
-    dirs = _seed_dirs(run)
-    try:
-        wanted = load_yaml(run / "config.yaml").get("seeds") or []
-    except UserError:
-        wanted = []
-    if len(wanted) > len(dirs):
-        print(f"medadapt: warning: {run}: only {len(dirs)} of {len(wanted)} seeds are finished; "
-              "evaluating those (finish the others with `medadapt fit ... --resume`)",
-              file=sys.stderr)
-    per = []
-    memo: dict = {}
-    for d in dirs:
-        per.append(_evaluate_seed(run, d, dataset, progress, memo))
-    out = dict(per[0])
-    out["seeds"] = [{"seed": p["seed"], "seed_dir": p["seed_dir"], "metrics": p["metrics"]}
-                    for p in per]
-    if len(per) > 1:
-        out["summary"] = {}
-        for k in CORE_METRICS:
-            vals = [p["metrics"].get(k) for p in per if p["metrics"].get(k) is not None]
-            if vals:
-                out["summary"][k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
-                                     "values": vals}
-    return out
-
-
-def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, memo: dict) -> dict:
-    cfg, texts, backbone, method, sdir = load_run(run, sdir)
-    seed = _read_json(sdir / "results.json", "results.json").get("seed")
-    spec = dataset or cfg["dataset"]
-    if spec not in memo:
-        memo[spec] = load_dataset(spec, **(dataset_options(cfg) if not dataset else {}))
-    ds = memo[spec]
-    names = method.texts.classnames
-    lower = {c.lower(): i for i, c in enumerate(ds.classnames)}
-    trained = {n.lower(): j for j, n in enumerate(names)}
-    if all(n.lower() in lower for n in names):
-        classes = [lower[n.lower()] for n in names]
-        cmap = {c: j for j, c in enumerate(classes)}
-        metric_names = [ds.classnames[c] for c in classes]
-    elif all(c.lower() in trained for c in ds.classnames):
-        # an external test set with some of the trained classes: the model still chooses among
-        # all of its classes; the metrics cover the classes present
-        classes = list(range(ds.num_classes))
-        cmap = {c: trained[ds.classnames[c].lower()] for c in classes}
-        metric_names = list(names)
-        print(f"medadapt: note: {spec} has {ds.num_classes} of the run's {len(names)} classes; "
-              "predictions still range over all of them", file=sys.stderr)
-    else:  # another data set's classes: methods that can take new class names switch to them
-        if not method.supports_novel:
-            unknown = [c for c in ds.classnames if c.lower() not in trained]
-            raise UserError(f"{method.name} cannot evaluate on classes it was not trained on "
-                            f"({', '.join(unknown[:6])}{' ...' if len(unknown) > 6 else ''}; "
-                            f"trained: {', '.join(names)})")
-        method.set_classes(class_texts_for(cfg, ds, ds.classnames, method.needs_descriptions))
-        classes = list(range(ds.num_classes))
-        cmap = {c: j for j, c in enumerate(classes)}
-        metric_names = list(ds.classnames)
-    idx = ds.indices("test", classes)
-    if not idx:
-        raise UserError(f"{spec}: no test images to evaluate on")
-    cache = FeatureCache(enabled=cfg["data"]["cache"], precision=cfg["data"].get("precision", "auto"))
-    eng = Engine(cfg["train"], device=str(backbone.device), progress=progress)
-    if method.needs_images:
-        split = Split(ds, idx, torch.tensor([cmap[ds.records[i].label] for i in idx]))
-    else:
-        feats, bad = cache.encode(backbone, ds, idx, progress=progress, skip_bad=cfg["data"]["skip_bad"])
-        idx = [i for i in idx if i not in set(bad)]
-        split = Split(ds, idx, torch.tensor([cmap[ds.records[i].label] for i in idx]), feats)
-    logits = eng.logits(method, split)
-    m = classification_metrics(split.labels.numpy(), logits.numpy(), metric_names)
-    return {"run": str(run), "seed_dir": str(sdir), "seed": seed,
-            "dataset": dataset or cfg["dataset"], "metrics": m}
-
-
-def predict_inputs(inputs: list[str]) -> list[Path]:
-    """Image files from files and folders; hidden files and folders (``.name``) are skipped, as
-    ``folder:`` data sets skip them."""
-    from medadapt.data.sources import IMAGE_EXTS, visible_images
-    files: list[Path] = []
-    for s in inputs:
-        p = Path(s)
-        if not p.exists():
-            raise UserError(f"image or folder not found: {p}")
-        if p.is_dir():
-            files += visible_images(p)
-        else:
-            files.append(p)
-    if not files:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found in the given inputs")
-    return files
-
-
-PREDICTIONS_HEADER = "path,prediction,"
-
-
-def check_replaceable_predictions(out: Path, inputs: list[Path]) -> None:
-    """``predict --out`` replaces an existing file only when it is an earlier predictions CSV:
-    never one of the input images, never the user's own spreadsheet."""
-    o = out.resolve()
-    if any(o == f.resolve() for f in inputs):
-        raise UserError(f"--out {out} is one of the input images; give a CSV file name")
-    try:
-        with open(out, "rb") as fh:
-            head = fh.read(len(PREDICTIONS_HEADER))
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot read the existing file ({e.strerror or e})") from None
-    if head != PREDICTIONS_HEADER.encode():
-        raise UserError(f"--out {out} exists and is not a medadapt predictions CSV; it is left "
-                        "alone: choose another --out (or delete it first)")
-
-
-def _seed_of(sdir: Path) -> int | None:
-    try:
-        return int(_read_json(sdir / "results.json", "results.json").get("seed"))
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
-def predict_seed_dirs(run: str | Path, seed: int | None = None) -> list[Path]:
-    """The seed folders ``predict`` uses: every finished seed, or the one ``seed`` names."""
-    run = Path(run)
-    if not run.is_dir():
-        raise UserError(f"run folder not found: {run}")
-    if not (run / "config.yaml").exists():
-        raise UserError(f"{run} is not a medadapt run folder (no config.yaml)")
-    dirs = _seed_dirs(run)
-    if seed is None:
-        return dirs
-    have = {_seed_of(d): d for d in dirs}
-    if seed not in have:
-        raise UserError(f"--seed {seed}: {run} has no finished seed {seed} (finished: "
-                        f"{', '.join(str(s) for s in have if s is not None) or 'none'})")
-    return [have[seed]]
-
-
-def _predict_pass(method, backbone, files, batch_size, skip_bad, progress, desc, skip=()):
-    """One model over ``files`` in batches: yields (chunk, {file: probs}, {file: extras},
-    {file: error})."""
-    from medadapt.data.dataset import open_rgb
-    for s in tqdm(range(0, len(files), batch_size), disable=not progress, desc=desc):
-        chunk = files[s:s + batch_size]
-        ok, imgs, errors = [], [], {}
-        for f in chunk:
-            if f in skip:
-                continue
-            try:
-                imgs.append(backbone.preprocess(open_rgb(str(f))))
-                ok.append(f)
-            except UserError as e:
-                if not skip_bad:
-                    raise
-                errors[f] = str(e)
-        probs, extras = {}, {}
-        if imgs:
-            xs = torch.stack(imgs).to(backbone.device)
-            del imgs
-            if method.needs_images:
-                batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long), images=xs)
-            else:
-                batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long),
-                              features=backbone.encode_image(xs, normalize=False))
-            pr = torch.softmax(method(batch).float(), dim=-1).cpu().numpy()
-            ex = method.extra_predictions(batch).get("rows") or [{}] * len(xs)
-            probs = dict(zip(ok, pr))
-            extras = dict(zip(ok, ex))
-        yield chunk, probs, extras, errors
-
-
-def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None,
-                  batch_size: int = 32, skip_bad: bool = False, progress: bool = False,
-                  max_image_pixels: int | None = None, seed: int | None = None) -> Path:
-    """Class probabilities per image -> CSV (path, predicted class, one column per class).
-
-    A run with several seeds predicts with every seed's model and writes the mean of their
-    probabilities (the prediction is its arg-max; method-specific extra columns come from the
-    first seed), and says so on stderr; ``seed`` picks one seed's model instead.
-    Images are decoded, encoded and scored one batch at a time, so memory stays flat in the number
-    of inputs (one row of probabilities per image is kept). With ``skip_bad`` an unreadable image
-    gets a row with an empty prediction and the reason in the ``error`` column; without it the
-    first one ends the command and nothing is written. The CSV is written to a unique temporary
-    file beside ``out`` and renamed into place only when complete; an existing file is replaced
-    only then.
-    """
-    from medadapt.data.dataset import pixel_limit
-    files = predict_inputs(inputs)
-    out = Path(out_csv) if out_csv else Path(run) / "predictions.csv"
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a CSV file name")
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: folder {out.parent} is not writable")
-    if out.exists():
-        check_replaceable_predictions(out, files)
-    sdirs = predict_seed_dirs(run, seed)
-    index = {f: j for j, f in enumerate(files)}
-    total = None
-    extras: dict = {}
-    errors: dict = {}
-    names = None
-    limit = max_image_pixels
-    with torch.no_grad():
-        for k, sdir in enumerate(sdirs):
-            cfg, texts, backbone, method, _ = load_run(run, sdir)
-            if names is None:
-                names = method.texts.classnames
-                limit = limit or (cfg.get("data") or {}).get("max_image_pixels")
-                total = np.zeros((len(files), len(names)), dtype=np.float64)
-            with pixel_limit(limit):
-                desc = "predict" if len(sdirs) == 1 else f"predict (seed {_seed_of(sdir)})"
-                for chunk, probs, ex, errs in _predict_pass(method, backbone, files, batch_size,
-                                                            skip_bad, progress, desc, errors):
-                    for f, p in probs.items():
-                        total[index[f]] += p
-                    if k == 0:
-                        extras.update({f: e for f, e in ex.items() if e})
-                        errors.update(errs)
-            del method, backbone
-    total /= len(sdirs)
-    extra_cols = sorted({c for e in extras.values() for c in e})
-    header = ["path", "prediction"] + [f"p({n})" for n in names] + extra_cols
-    if skip_bad:
-        header.append("error")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            for j, f in enumerate(files):
-                if f in errors:
-                    w.writerow([str(f), ""] + [""] * (len(names) + len(extra_cols)) + [errors[f]])
-                    continue
-                p, e = total[j], extras.get(f, {})
-                row = [str(f), names[int(np.argmax(p))]] + [f"{v:.6f}" for v in p] + \
-                    [e.get(c, "") for c in extra_cols]
-                w.writerow(row + ([""] if skip_bad else []))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if len(sdirs) > 1:
-        seeds = [_seed_of(d) for d in sdirs]
-        print(f"medadapt: predicted with the models of all {len(sdirs)} seeds "
-              f"({', '.join(map(str, seeds))}): the probabilities are their mean; pick one "
-              "seed's model with --seed N", file=sys.stderr)
-    if errors:
-        print(f"medadapt: {len(errors)} unreadable image(s) skipped; see the 'error' column of {out}",
-              file=sys.stderr)
     return out

@@ -24,31 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+# TRAIN_DEFAULTS (the engine settings, config section ``train``) live in medadapt.config
+from medadapt.config import TRAIN_DEFAULTS  # noqa: F401 (re-exported)
 from medadapt.data.dataset import DataSet
 from medadapt.errors import TrainingError
 from medadapt.methods.base import Batch, Method
 
-TRAIN_DEFAULTS = {
-    "optimizer": "sgd",  # sgd | adamw
-    "lr": 0.002,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "epochs": 50,
-    "batch_size": 32,
-    "warmup_epochs": 1,
-    "warmup": "constant",  # constant (CoOp: lr 1e-5 during warm-up) | linear
-    "warmup_lr": 1e-5,
-    "sched_unit": "epoch",  # epoch (Dassl: lr set once per epoch) | step (per optimiser step)
-    "eps": 1e-8,  # AdamW eps (torch's default; Tip-Adapter-F's reference uses 1e-4)
-    "grad_clip": 0.0,  # max gradient norm; 0 (default) disables: no reference trainer clips
-    "backbone_mode": "eval",  # eval | train: the frozen backbone's module mode while training
-    "drop_last": True,  # drop the last incomplete training batch when there is a full one (Dassl)
-    "amp": True,  # only used on CUDA
-    "eval_every": 0,  # epochs between validation passes (0: only at the end)
-    "checkpoint": True,  # save checkpoints during training (enables --resume)
-    "checkpoint_every": 0,  # epochs between checkpoints; 0: about 20 per run
-    "workers": 0,
-}
 
 
 @dataclass

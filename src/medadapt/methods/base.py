@@ -79,8 +79,7 @@ class Method(nn.Module):
     def resolved_defaults(cls, shots: int | None = 16, protocol: str = "few-shot") -> dict:
         """{"method": ..., "train": ..., "data": ...}: the engine / data defaults under the class
         defaults under the shot- and protocol-dependent ones (user settings go on top)."""
-        from medadapt.config import DEFAULTS
-        from medadapt.engine.train import TRAIN_DEFAULTS
+        from medadapt.config import DEFAULTS, TRAIN_DEFAULTS
         out = {"method": copy.deepcopy(cls.defaults),
                "train": {**TRAIN_DEFAULTS, **copy.deepcopy(cls.train_defaults)},
                "data": {**DEFAULTS["data"], **copy.deepcopy(cls.data_defaults)}}

@@ -4,9 +4,11 @@
   x protocols) into run folders and run them through the engine's
   :class:`~medadapt.engine.runner.Runner` in one process, sharing the feature cache and the loaded
   backbone; resumable after an interrupt, a failing run recorded without stopping the rest.
-* :mod:`medadapt.report.report`: aggregate run folders into tables (mean ± std over seeds, best and
-  second best marked per column), few-shot curves, base / novel / HM tables, per-class recall heat
-  maps, confusion matrices and t-SNE plots; Markdown + PNG and one self-contained HTML page.
+* :mod:`medadapt.report.report`: aggregate run folders into one report, Markdown + PNG and one
+  self-contained HTML page, from its parts: :mod:`~medadapt.report.runs` (reading run folders),
+  :mod:`~medadapt.report.tables` (mean ± std over seeds, best and second best marked per column;
+  base / novel / HM, cross-domain and cost tables), :mod:`~medadapt.report.figures` (few-shot
+  curves, per-class recall heat maps, confusion matrices), :mod:`~medadapt.report.tsne` (t-SNE).
 
 Imports are lazy: the CLI imports :mod:`medadapt.report.cli` for every command, and that must not
 pull in torch or matplotlib.
@@ -14,7 +16,7 @@ pull in torch or matplotlib.
 from __future__ import annotations
 
 _LAZY = {"expand_grid": "bench", "load_grid": "bench", "run_bench": "bench",
-         "build_report": "report", "load_runs": "report"}
+         "build_report": "report", "load_runs": "runs"}
 
 
 def __getattr__(name: str):

@@ -308,7 +308,7 @@ def validate(runs: list[RunSpec]) -> None:
     names before anything runs: a typo ends the command at once instead of after hours."""
     from medadapt.backbones import BACKBONES
     from medadapt.data.sources import DATASETS, _ensure_registered
-    from medadapt.engine.runner import resolve
+    from medadapt.engine.resolve import resolve
     _ensure_registered()
     problems: list[str] = []
     seen: set[str] = set()
@@ -370,7 +370,7 @@ def run_state(spec: RunSpec, folder: Path) -> tuple[str, str]:
         return "changed", str(e)
     wanted = spec.resolved
     if wanted is None:
-        from medadapt.engine.runner import resolve
+        from medadapt.engine.resolve import resolve
         wanted = spec.resolved = resolve(spec.cfg)
     diff = config_diff(stored, wanted)
     if diff:

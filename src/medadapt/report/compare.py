@@ -158,7 +158,7 @@ def _failures(root: Path) -> dict[tuple[str, str], str]:
 
 def compare(runs_dir: str | Path, table: dict | str | Path) -> dict:
     """Every (row, data set, column) cell of ``table`` with ours beside it."""
-    from medadapt.report.report import load_runs
+    from medadapt.report.runs import load_runs
     t = table if isinstance(table, dict) else load_table(table)
     root = Path(runs_dir)
     runs, notes = load_runs(root)
@@ -328,7 +328,7 @@ def write_comparison(runs_dir: str | Path, tables: list[str], out: str | Path | 
     if not root.is_dir():
         raise UserError(f"{root} is a file; give the folder holding the run folders")
     out = Path(out) if out else root / "report"
-    from medadapt.report.report import check_report_out
+    from medadapt.report.runs import check_report_out
     check_report_out(out)
     parts, written = [], []
     results = [compare(root, name) for name in tables]  # every table checked before writing

@@ -316,7 +316,7 @@ def concept_examples(run_dir: Path, n: int = 4) -> dict:
 
     from medadapt.data.sources import load_dataset
     from medadapt.engine.features import FeatureCache
-    from medadapt.engine.runner import _seed_dirs, load_run
+    from medadapt.engine.evaluate import _seed_dirs, load_run
     from medadapt.methods import Batch
 
     sdir = _seed_dirs(Path(run_dir))[0]

@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 
 from medadapt.data.dataset import DataSet, Record, array_to_rgb
-from medadapt.data.sources import DATASETS, DatasetInfo, cache_home
+from medadapt.data.sources import DATASETS, DatasetInfo
+from medadapt.paths import cache_home
 from medadapt.errors import UserError
 from medadapt.synth.classes import (ALL_CLASSES, CRC_CLASSES, MALIGNANCY_CLASSES, ORGAN_MIX,
                                     concepts_of, sample_binary)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medadapt.data.catalog import DATASETS, DatasetInfo, cache_home
+from medadapt.data.catalog import DATASETS, DatasetInfo
+from medadapt.paths import cache_home
 from medadapt.data.dataset import DataSet, Record, array_to_rgb
 from medadapt.data.sets._common import _check_options, _hash, _root
 from medadapt.data.sets.kather import _NCT_CITE

@@ -11,7 +11,7 @@ from PIL import Image
 from medadapt.data.catalog import DATASETS, DatasetInfo
 from medadapt.data.dataset import DataSet, Record, files_fingerprint
 from medadapt.data.sets._common import SEARCH_DEPTH, _check_options, _hash, _root
-from medadapt.data.catalog import cache_home
+from medadapt.paths import cache_home
 from medadapt.data.dataset import array_to_rgb
 from medadapt.errors import UserError
 

@@ -1,0 +1,169 @@
+"""Reading a finished run folder back: :func:`load_run` (backbone + trained method) and
+:func:`evaluate_run` (every seed on the run's test split or another data set)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from medadapt.config import load_yaml
+from medadapt.data.catalog import dataset_options
+from medadapt.data.fewshot import base_novel_split
+from medadapt.data.sources import load_dataset
+from medadapt.data.texts import ClassTexts
+from medadapt.engine.features import FeatureCache
+from medadapt.engine.resolve import class_texts_for
+from medadapt.engine.rundir import pick_device, set_seed
+from medadapt.engine.train import Engine, Split
+from medadapt.errors import UserError
+from medadapt.methods import get_method
+from medadapt.metrics import CORE_METRICS, classification_metrics
+
+
+def _seed_dirs(run: Path) -> list[Path]:
+    if (run / "results.json").exists():
+        return [run]
+    dirs = sorted((d for d in run.glob("seed*") if (d / "results.json").exists()),
+                  key=lambda d: (len(d.name), d.name))
+    if not dirs:
+        raise UserError(f"{run} is not a finished medadapt run (no results.json); finish it with "
+                        "`medadapt fit ... --resume`")
+    return dirs
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path.parent} is not a finished medadapt run (no {path.name}); "
+                        "finish it with `medadapt fit ... --resume`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: {what} is not valid JSON ({e}); the run is damaged, re-run it") from None
+
+
+def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"):
+    """Rebuild the backbone and the trained method of a run folder; a missing, half-written or
+    damaged file is a one-line ``UserError``."""
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run folder not found: {run}")
+    if not (run / "config.yaml").exists():
+        raise UserError(f"{run} is not a medadapt run folder (no config.yaml)")
+    cfg = load_yaml(run / "config.yaml")
+    for key in ("backbone", "method", "dataset"):
+        if not cfg.get(key):
+            raise UserError(f"{run}/config.yaml is damaged (no {key})")
+    classes = _read_json(run / "classes.json", "classes.json")
+    try:
+        texts = ClassTexts(classes["classnames"], classes["templates"], classes["descriptions"])
+    except (KeyError, TypeError):
+        raise UserError(f"{run}/classes.json is damaged (missing classnames / templates)") from None
+    sdir = seed_dir or _seed_dirs(run)[0]
+    from medadapt.backbones import load_backbone
+    backbone = load_backbone(cfg["backbone"], device=pick_device(device))
+    cls = get_method(cfg["method"]["name"])
+    res = _read_json(sdir / "results.json", "results.json")
+    train_names = classes.get("train_classnames") or texts.classnames
+    if "train_classnames" not in classes and res.get("protocol") == "base-to-novel":
+        base, _ = base_novel_split(texts.classnames, cfg["data"].get("base"), cfg["data"].get("novel"))
+        train_names = [texts.classnames[i] for i in base]
+    set_seed(int(res.get("seed", 1)))
+    method = cls(backbone, texts.for_classes(train_names), cfg["method"]).to(backbone.device)
+    params = sdir / "params.safetensors"
+    if not params.exists():
+        raise UserError(f"{sdir} has no params.safetensors; the run is incomplete, re-run it")
+    try:
+        state = load_file(str(params))
+        method.load_learned_state_dict(state)
+    except Exception as e:  # SafetensorError (truncated), RuntimeError (shape mismatch) ...
+        raise UserError(f"{params} is damaged or does not match the run's method "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        "re-run it") from None
+    method.eval()
+    return cfg, texts, backbone, method, sdir
+
+
+def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = True,
+                 quiet: bool = False) -> dict:
+    """Evaluate every seed of a run; ``metrics`` is the first seed's (backward compatible),
+    ``seeds`` holds each seed's and ``summary`` the mean and std over seeds."""
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        load_run(run)  # raises the one-line error
+    dirs = _seed_dirs(run)
+    try:
+        wanted = load_yaml(run / "config.yaml").get("seeds") or []
+    except UserError:
+        wanted = []
+    if len(wanted) > len(dirs):
+        print(f"medadapt: warning: {run}: only {len(dirs)} of {len(wanted)} seeds are finished; "
+              "evaluating those (finish the others with `medadapt fit ... --resume`)",
+              file=sys.stderr)
+    per = []
+    memo: dict = {}
+    for d in dirs:
+        per.append(_evaluate_seed(run, d, dataset, progress, memo))
+    out = dict(per[0])
+    out["seeds"] = [{"seed": p["seed"], "seed_dir": p["seed_dir"], "metrics": p["metrics"]}
+                    for p in per]
+    if len(per) > 1:
+        out["summary"] = {}
+        for k in CORE_METRICS:
+            vals = [p["metrics"].get(k) for p in per if p["metrics"].get(k) is not None]
+            if vals:
+                out["summary"][k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
+                                     "values": vals}
+    return out
+
+
+def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, memo: dict) -> dict:
+    cfg, texts, backbone, method, sdir = load_run(run, sdir)
+    seed = _read_json(sdir / "results.json", "results.json").get("seed")
+    spec = dataset or cfg["dataset"]
+    if spec not in memo:
+        memo[spec] = load_dataset(spec, **(dataset_options(cfg) if not dataset else {}))
+    ds = memo[spec]
+    names = method.texts.classnames
+    lower = {c.lower(): i for i, c in enumerate(ds.classnames)}
+    trained = {n.lower(): j for j, n in enumerate(names)}
+    if all(n.lower() in lower for n in names):
+        classes = [lower[n.lower()] for n in names]
+        cmap = {c: j for j, c in enumerate(classes)}
+        metric_names = [ds.classnames[c] for c in classes]
+    elif all(c.lower() in trained for c in ds.classnames):
+        # an external test set with some of the trained classes: the model still chooses among
+        # all of its classes; the metrics cover the classes present
+        classes = list(range(ds.num_classes))
+        cmap = {c: trained[ds.classnames[c].lower()] for c in classes}
+        metric_names = list(names)
+        print(f"medadapt: note: {spec} has {ds.num_classes} of the run's {len(names)} classes; "
+              "predictions still range over all of them", file=sys.stderr)
+    else:  # another data set's classes: methods that can take new class names switch to them
+        if not method.supports_novel:
+            unknown = [c for c in ds.classnames if c.lower() not in trained]
+            raise UserError(f"{method.name} cannot evaluate on classes it was not trained on "
+                            f"({', '.join(unknown[:6])}{' ...' if len(unknown) > 6 else ''}; "
+                            f"trained: {', '.join(names)})")
+        method.set_classes(class_texts_for(cfg, ds, ds.classnames, method.needs_descriptions))
+        classes = list(range(ds.num_classes))
+        cmap = {c: j for j, c in enumerate(classes)}
+        metric_names = list(ds.classnames)
+    idx = ds.indices("test", classes)
+    if not idx:
+        raise UserError(f"{spec}: no test images to evaluate on")
+    cache = FeatureCache(enabled=cfg["data"]["cache"], precision=cfg["data"].get("precision", "auto"))
+    eng = Engine(cfg["train"], device=str(backbone.device), progress=progress)
+    if method.needs_images:
+        split = Split(ds, idx, torch.tensor([cmap[ds.records[i].label] for i in idx]))
+    else:
+        feats, bad = cache.encode(backbone, ds, idx, progress=progress, skip_bad=cfg["data"]["skip_bad"])
+        idx = [i for i in idx if i not in set(bad)]
+        split = Split(ds, idx, torch.tensor([cmap[ds.records[i].label] for i in idx]), feats)
+    logits = eng.logits(method, split)
+    m = classification_metrics(split.labels.numpy(), logits.numpy(), metric_names)
+    return {"run": str(run), "seed_dir": str(sdir), "seed": seed,
+            "dataset": dataset or cfg["dataset"], "metrics": m}
