@@ -447,6 +447,9 @@ SCORERS: dict[str, str] = {
     "pathinsight_f1": "PathInsight Table 2 F1: micro over items, unparseable answers not predictions (= micro_f1)",
     "pathinsight_recall": "PathInsight Table 2 recall: correct / items (= micro_recall)",
     "pathinsight_precision": "PathInsight Table 2 precision: correct / parseable answers (= micro_precision)",
+    "accuracy": "medadapt: correct / items after label mapping (scikit-learn accuracy_score)",
+    "macro_f1": "medadapt: scikit-learn macro F1 over the classes present in references or predictions",
+    "unparseable": "medadapt: answers mapped to no class",
 }
 
 
