@@ -423,18 +423,21 @@ def bleu1_sentence_mean(preds: list[str], refs: list[str], one=strict_bleu1) -> 
 
 
 # Which scorer produced each metrics.json key (written beside the numbers and in the docs).
+_LM = f"LLaVA-Med released scorer ({LLAVA_MED_SOURCE})"
 SCORERS: dict[str, str] = {
-    "llava_med_closed_accuracy": f"LLaVA-Med released scorer ({LLAVA_MED_SOURCE}): yes/no accuracy, substring rule",
-    "llava_med_open_recall": f"LLaVA-Med released scorer ({LLAVA_MED_SOURCE}): calculate_f1score recall, mean over open questions",
-    "llava_med_open_precision": f"LLaVA-Med released scorer ({LLAVA_MED_SOURCE}): calculate_f1score precision, mean over open questions",
-    "llava_med_open_f1": f"LLaVA-Med released scorer ({LLAVA_MED_SOURCE}): calculate_f1score F1, mean over open questions",
-    "llava_med_open_exact_match": f"LLaVA-Med released scorer ({LLAVA_MED_SOURCE}): calculate_exactmatch (distinct reference words found / answer words), mean over open questions",
-    "llava_med_open_bleu1": f"LLaVA-Med released scorer ({LLAVA_MED_SOURCE}): bleu_score_1, nltk sentence BLEU-1 after normalize_word, mean over open questions",
-    "quilt_llava_closed_accuracy": f"Quilt-LLaVA released scorer ({QUILT_LLAVA_SOURCE}): yes/no accuracy, answer is 'no' iff a word is no/not",
+    "llava_med_closed_accuracy": _LM + ": yes/no accuracy, substring rule",
+    "llava_med_open_recall": _LM + ": calculate_f1score recall, mean over open questions",
+    "llava_med_open_precision": _LM + ": calculate_f1score precision, mean over open questions",
+    "llava_med_open_f1": _LM + ": calculate_f1score F1, mean over open questions",
+    "llava_med_open_exact_match": _LM + ": calculate_exactmatch (distinct reference words found / answer "
+                                  "words), mean over open questions",
+    "llava_med_open_bleu1": _LM + ": bleu_score_1, nltk sentence BLEU-1 after normalize_word, mean over open questions",
+    "quilt_llava_closed_accuracy": f"Quilt-LLaVA released scorer ({QUILT_LLAVA_SOURCE}): yes/no accuracy, "
+                                   "answer is 'no' iff a word is no/not",
     "strict_closed_accuracy": "medadapt strict rule: reference word is a word of the answer and the other word is not",
     "strict_open_exact_match": "medadapt strict rule: strictly normalised answer == reference, mean over open questions",
     "strict_exact_match": "medadapt strict rule: strictly normalised answer == reference, mean over all questions",
-    "llava_med_bleu1": f"LLaVA-Med released scorer ({LLAVA_MED_SOURCE}): nltk sentence BLEU-1 after normalize_word, mean over items",
+    "llava_med_bleu1": _LM + ": nltk sentence BLEU-1 after normalize_word, mean over items",
     "strict_bleu1": "medadapt strict rule: nltk sentence BLEU-1 on raw lower-cased whitespace tokens, mean over items",
     "bleu1_sacrebleu_corpus": "sacrebleu corpus BLEU-1 (13a tokenizer, lower-cased)",
     "bleu4_sacrebleu_corpus": "sacrebleu corpus BLEU-4 (13a tokenizer, lower-cased)",
