@@ -12,10 +12,10 @@ from medadapt.instruct.pathvqa import questions
 PVQA = Path(__file__).parents[2] / "shared" / "data" / "pathvqa-text"
 
 
-def test_predictions_file_scored_as_llava_med(tmp_path, capsys):
+def test_predictions_file_scored_with_anchor_and_strict_keys(tmp_path, capsys):
     recs, empty = questions(PVQA, "test", limit=60, check_images=False)
     assert len(recs) == 60 and all(r.id.startswith("pathvqa/test_") for r in recs)
-    closed = [r for r in recs if scoring.normalize(r.answer) in ("yes", "no")]
+    closed = [r for r in recs if scoring.is_closed(r.answer)]
     opened = [r for r in recs if r not in closed]
     assert closed and opened
     rows = []
@@ -33,12 +33,18 @@ def test_predictions_file_scored_as_llava_med(tmp_path, capsys):
                  "--predictions", f"ext={f}"]) == 0
     m = json.loads((out / "ext" / "metrics.json").read_text())["results"]["vqa/pathvqa"]
     even = lambda group: sum(recs.index(r) % 2 == 0 for r in group) / len(group)
-    assert m["n_closed"] == len(closed) and m["closed_accuracy"] == pytest.approx(even(closed))
-    assert m["open_recall"] == pytest.approx(even(opened)) and m["open_f1"] == pytest.approx(even(opened))
-    assert m["open_exact_match"] == pytest.approx(even(opened))
-    assert m["open_bleu1_nltk_sentence_mean"] is not None
+    assert m["n_closed"] == len(closed)
+    for k in ("llava_med_closed_accuracy", "quilt_llava_closed_accuracy", "strict_closed_accuracy"):
+        assert m[k] == pytest.approx(even(closed)), k
+    assert m["llava_med_open_recall"] == pytest.approx(even(opened))
+    assert m["llava_med_open_f1"] == pytest.approx(even(opened))
+    assert m["strict_open_exact_match"] == pytest.approx(even(opened))
+    assert m["llava_med_open_bleu1"] is not None and "b9a98a7" in m["scorers"]["llava_med_open_bleu1"]
     table = (out / "comparison.md").read_text()
-    assert "closed acc" in table and "open recall" in table and "EM" in table
+    assert "closed acc [LLaVA-Med]" in table and "open recall [LLaVA-Med]" in table and "EM strict" in table
+    assert "- pathvqa open EM [LLaVA-Med]: llava_med_open_exact_match: LLaVA-Med released scorer" in table
+    assert set(json.loads((out / "comparison.json").read_text())["scorers"]) >= {
+        "pathvqa closed acc [LLaVA-Med]", "pathvqa closed acc [Quilt-LLaVA]", "pathvqa closed acc strict"}
     # a prediction missing is a one-line error, exit 2
     f.write_text("".join(json.dumps(x) + "\n" for x in rows[:-1]))
     assert main(["pathvqa", "--pathvqa", str(PVQA), "--out", str(out), "--limit", "60",

@@ -34,7 +34,9 @@ def test_predictions_are_never_truncated_to_reference_length():
     assert r["rouge1_f1"] == pytest.approx(2 * (6 / 11) * 1 / (6 / 11 + 1))  # 12/17, not 1.0
     assert r["rouge1_recall"] == pytest.approx(1.0)
     assert r["bleu1_sacrebleu_corpus"] == pytest.approx(6 / 11)  # BP = 1, precision 6/11
-    assert r["bleu1_nltk_sentence_mean"] == pytest.approx(6 / 11)
+    assert r["strict_bleu1"] == pytest.approx(6 / 11)
+    # LLaVA-Med's BLEU-1 normalises first: articles go, "cat sat on mat" + 5 words -> 4 / 9, BP 1
+    assert r["llava_med_bleu1"] == pytest.approx(4 / 9)
 
 
 def test_prf_small_confusion():
@@ -81,29 +83,37 @@ def test_map_label_crc(answer, code, level):
     assert scoring.map_label(answer, CRC["classes"]) == (code, level)
 
 
-def test_vqa_scores_llava_med_style():
+def test_vqa_scores_llava_med_and_strict_keys():
     r = scoring.vqa_scores(["Yes, it is.", "no", "squamous cell carcinoma", "carcinoma"],
                            ["yes", "yes", "Squamous cell carcinoma", "squamous cell carcinoma"])
     assert (r["n_closed"], r["n_open"]) == (2, 2)
-    assert r["closed_accuracy"] == pytest.approx(0.5)
-    assert r["open_exact_match"] == pytest.approx(0.5) and r["exact_match"] == pytest.approx(1 / 4)
-    assert r["open_recall"] == pytest.approx((1 + 1 / 3) / 2)        # LLaVA-Med's open recall
-    assert r["open_f1"] == pytest.approx((1 + 2 * 1 * (1 / 3) / (1 + 1 / 3)) / 2)
-    assert r["open_precision"] == pytest.approx(1.0)
+    assert r["llava_med_closed_accuracy"] == pytest.approx(0.5) and r["strict_closed_accuracy"] == pytest.approx(0.5)
+    assert r["strict_open_exact_match"] == pytest.approx(0.5) and r["strict_exact_match"] == pytest.approx(1 / 4)
+    # LLaVA-Med's "exact match": distinct reference words found / answer words -> 3/3 and 1/1
+    assert r["llava_med_open_exact_match"] == pytest.approx(1.0)
+    assert r["llava_med_open_recall"] == pytest.approx((1 + 1 / 3) / 2)
+    assert r["llava_med_open_f1"] == pytest.approx((1 + 2 * 1 * (1 / 3) / (1 + 1 / 3)) / 2)
+    assert r["llava_med_open_precision"] == pytest.approx(1.0)
+    assert set(r["scorers"]) == {k for k in r if k.startswith(("llava_med_", "quilt_llava_", "strict_"))}
+    assert "b9a98a7" in r["scorers"]["llava_med_open_recall"]
 
 
-@pytest.mark.parametrize("pred,ref,ok", [
-    ("The answer is yes.", "yes", True),       # not only the first word
-    ("Yes", "yes", True),
-    ("yes and no", "yes", False),              # both present: wrong
-    ("No, there is no tumor.", "no", True),
-    ("I do not know", "no", False),            # "not" / "know" are not the word "no"
-    ("", "no", False),
-    ("nodules are present", "no", False),
+@pytest.mark.parametrize("pred,ref,ok,llava_med", [
+    ("The answer is yes.", "yes", True, True),       # not only the first word
+    ("Yes", "yes", True, True),
+    ("yes and no", "yes", False, True),              # both present: strict wrong, LLaVA-Med right
+    ("No, there is no tumor.", "no", True, True),
+    ("I do not know", "no", False, True),            # "not" / "know" are not the word "no"
+    ("", "no", False, False),
+    ("nodules are present", "no", False, True),
+    ("Eyes", "yes", False, True),
+    ("Yes,cardiovascular", "yes", True, True),       # glued punctuation splits
 ])
-def test_closed_question_rule(pred, ref, ok):
-    assert scoring.closed_correct(pred, ref) is ok
-    assert scoring.vqa_scores([pred], [ref])["closed_accuracy"] == float(ok)
+def test_closed_question_rule(pred, ref, ok, llava_med):
+    assert scoring.strict_closed_correct(pred, ref) is ok
+    assert scoring.vqa_scores([pred], [ref])["strict_closed_accuracy"] == float(ok)
+    assert scoring.llava_med_closed_correct(pred, ref) is llava_med
+    assert scoring.vqa_scores([pred], [ref])["llava_med_closed_accuracy"] == float(llava_med)
 
 
 def test_open_recall_matches_llava_med_definition():
@@ -121,10 +131,11 @@ PAIRS = [  # (prediction, reference): empty, punctuation, case, sentences
 ]
 
 
-def test_bleu1_anchor_definition_against_nltk():
+def test_strict_bleu1_against_nltk():
     from nltk.translate.bleu_score import sentence_bleu
-    # "Lymphocytes." vs "lymphocytes": the anchors lower-case and split on spaces, so the period stays
-    # on the word -> 0; sacrebleu's corpus BLEU splits punctuation off (the old 0.37 surprise)
+    # "Lymphocytes." vs "lymphocytes": strict BLEU-1 lower-cases and splits on spaces, so the period
+    # stays on the word -> 0 (LLaVA-Med's normalises it away -> 1); sacrebleu splits it off -> 0.5
+    assert scoring.llava_med_bleu1("Lymphocytes.", "lymphocytes") == 1.0
     assert scoring.sentence_bleu1("Lymphocytes", "lymphocytes") == 1.0
     assert scoring.sentence_bleu1("Lymphocytes.", "lymphocytes") == 0.0
     assert scoring.bleu(["Lymphocytes."], ["lymphocytes"], 1) == pytest.approx(0.5)  # "lymphocytes" "."
@@ -150,7 +161,8 @@ def test_rouge1_recall_and_f1_against_rouge_score():
     assert res["rouge1_f1"] == pytest.approx(sum(w.fmeasure for w in want) / len(want))
     one = scoring.text_scores(["SMOOTH MUSCLE"], ["smooth muscle bundles"])
     assert (one["rouge1_recall"], one["rouge1_precision"]) == pytest.approx((2 / 3, 1.0))  # case ignored
-    assert set(res) >= {"bleu1_nltk_sentence_mean", "bleu1_sacrebleu_corpus", "bleu4_sacrebleu_corpus"}
+    assert set(res) >= {"llava_med_bleu1", "strict_bleu1", "bleu1_sacrebleu_corpus", "bleu4_sacrebleu_corpus"}
+    assert set(res["scorers"]) == set(res) - {"n", "scorers"}
 
 
 def test_macro_f1_counts_only_classes_present():
@@ -180,6 +192,8 @@ def test_micro_f1_reproduces_pathinsight_table2_relation(recall):
     m = scoring.classification_scores(preds, truths, CRC["classes"])["fuzzy"]
     assert m["micro_recall"] == pytest.approx(recall) and m["micro_precision"] == 1.0
     assert m["micro_f1"] == pytest.approx(2 * recall / (1 + recall))
+    assert (m["pathinsight_f1"], m["pathinsight_recall"], m["pathinsight_precision"]) == (
+        m["micro_f1"], m["micro_recall"], m["micro_precision"])
     table2 = {0.008: 0.016, 0.074: 0.138, 0.033: 0.064, 0.876: 0.933, 0.958: 0.978, 0.967: 0.983,
               0.975: 0.987, 0.983: 0.991}
     assert m["micro_f1"] == pytest.approx(table2[recall], abs=1.5e-3)  # the table rounds R too

@@ -263,13 +263,22 @@ def _eval_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate base and fine-tuned models, Table 2 style",
         formatter_class=_Fmt,
-        description="Greedy generation over a split; classification answers mapped to labels (exact, "
-                    "synonym, fuzzy; unparseable counted, never a prediction) -> micro precision / recall / "
-                    "F1 (the headline, as PathInsight's Table 2), macro over the classes present, per class; "
-                    "captions and conversations -> BLEU-1 (the anchors' nltk sentence mean; sacrebleu corpus "
-                    "BLEU-1/4 beside it), ROUGE-1/L F1 and recall (rouge-score); VQA -> LLaVA-Med's closed "
-                    "accuracy, open recall, exact match, F1, BLEU-1. Writes a comparison table of all models "
-                    "(PathInsight Section 3, Table 2). See docs/instruct.md, 'Metrics'.",
+        description=(
+            "Greedy generation over a split, answers scored per task and source, and a comparison\n"
+            "table of all models (PathInsight Section 3, Table 2). metrics.json keys and scorers:\n"
+            "  classification: answers mapped to labels (exact, synonym, fuzzy; unparseable counted,\n"
+            "    never a prediction) -> pathinsight_precision / _recall / _f1 = PathInsight Table 2's\n"
+            "    definition (micro: precision = correct / parseable answers, recall = correct / items);\n"
+            "    accuracy, macro and per-class scores (scikit-learn) beside them\n"
+            "  caption, conversation: llava_med_bleu1 = LLaVA-Med's released scorer (nltk sentence\n"
+            "    BLEU-1 after its normalize_word); strict_bleu1 = medadapt's (raw lower-cased tokens);\n"
+            "    sacrebleu corpus BLEU-1/4; ROUGE-1/L precision, recall, F1 (rouge-score)\n"
+            "  vqa: the keys of `medadapt instruct pathvqa` (LLaVA-Med's and Quilt-LLaVA's released\n"
+            "    scorers, medadapt's strict rules)\n"
+            "Each column of the table names its scorer: [LLaVA-Med], [Quilt-LLaVA], [PathInsight] =\n"
+            "that anchor's released code or paper definition (compare these with published tables);\n"
+            "'strict' = medadapt's rule. The legend under the table gives each column's key.\n"
+            "See docs/instruct.md, 'Metrics'."),
         epilog="example:\n  medadapt instruct eval --data data/pi --out runs/eval "
                "--model base=llava-hf/llava-1.5-7b-hf --model lora=runs/llava-lora/final")
     p.add_argument("--model", action="append", metavar="[NAME=]ID_OR_DIR",
@@ -296,7 +305,7 @@ def _eval_parser(sub) -> None:
 
 # --- pathvqa -------------------------------------------------------------------------------------
 def cmd_pathvqa(args: argparse.Namespace) -> int:
-    """PathVQA evaluation as LLaVA-Med reports it."""
+    """PathVQA evaluation with LLaVA-Med's released scorer (and Quilt-LLaVA's, medadapt's strict rules)."""
     from medadapt.instruct import config as C
     from medadapt.instruct.eval import comparison_markdown
     from medadapt.instruct.pathvqa import evaluate_pathvqa
@@ -313,11 +322,28 @@ def cmd_pathvqa(args: argparse.Namespace) -> int:
 
 def _pathvqa_parser(sub) -> None:
     p = sub.add_parser(
-        "pathvqa", help="PathVQA evaluation as LLaVA-Med reports it (closed acc, open recall, EM, F1, BLEU-1)",
+        "pathvqa", help="PathVQA scored with LLaVA-Med's released scorer (closed acc, open recall), "
+                        "Quilt-LLaVA's yes/no rule and medadapt's strict rules",
         formatter_class=_Fmt,
-        description="Read PathVQA's own split (pvqa_SPLIT.json, LXMERT layout), let each model answer every "
-                    "question greedily, or read answers from a file, and score them as LLaVA-Med does: "
-                    "closed (yes/no) accuracy, open-question recall, exact match, token F1, BLEU-1.",
+        description=(
+            "Read PathVQA's own split (pvqa_SPLIT.json, LXMERT layout), let each model answer every\n"
+            "question greedily, or read answers from a file, and score them. Questions whose reference\n"
+            "is yes/no are closed, the rest open. metrics.json keys and their scorers:\n"
+            "  LLaVA-Med's released scorer (microsoft/LLaVA-Med b9a98a7, llava/eval/run_eval.py),\n"
+            "  reproduced exactly, quirks included -- compare these with LLaVA-Med-style tables:\n"
+            "    llava_med_closed_accuracy   right when the reference word is a substring of the answer\n"
+            "                                ('no' inside 'not'); an answer naming both words is right\n"
+            "    llava_med_open_recall       reference words found in the answer (LLaVA-Med Table 4)\n"
+            "    llava_med_open_precision, llava_med_open_f1, llava_med_open_bleu1\n"
+            "    llava_med_open_exact_match  LLaVA-Med's 'exact match': distinct reference words found /\n"
+            "                                answer words -- NOT string equality\n"
+            "  Quilt-LLaVA's released scorer (quilt_eval.py; its open metrics equal LLaVA-Med's):\n"
+            "    quilt_llava_closed_accuracy the answer means 'no' iff it has the word no or not\n"
+            "  medadapt's strict rules:\n"
+            "    strict_closed_accuracy      the reference word is a word of the answer, the other is not\n"
+            "    strict_open_exact_match, strict_exact_match   string equality after medadapt's\n"
+            "                                normaliser (open / all questions)\n"
+            "The table's columns say whose scorer made them; see docs/instruct.md, 'Metrics'."),
         epilog="examples:\n  medadapt instruct pathvqa --pathvqa data/pathvqa --images data/pathvqa/images "
                "--out runs/pvqa --model lora=runs/llava-lora/final\n"
                "  medadapt instruct pathvqa --pathvqa data/pathvqa --out runs/pvqa "

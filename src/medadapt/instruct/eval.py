@@ -9,7 +9,10 @@ Output folder::
 
     <model name>/predictions.jsonl   id, task, source, prompt, reference, prediction (+ mapped label)
     <model name>/metrics.json
-    comparison.md comparison.json    one row per model, Table 2 style
+    comparison.md comparison.json    one row per model, Table 2 style; each column names its
+                                     scorer ([LLaVA-Med], [Quilt-LLaVA], [PathInsight] = that
+                                     anchor's definition; "strict" = medadapt's), and
+                                     ``scorers`` / the legend give the metrics.json key and scorer
 """
 from __future__ import annotations
 
@@ -190,41 +193,66 @@ def evaluate(models: list[str], data: str | Path, out: str | Path, cfg: EvalConf
     return {"models": [m["model"] for m in all_metrics], "comparison": table}
 
 
-HEADLINE = {
-    # Table 2 of PathInsight: F1 and recall micro-averaged, unparseable answers not predictions
-    "classification": [("F1", lambda r: r["fuzzy"]["micro_f1"]), ("Recall", lambda r: r["fuzzy"]["micro_recall"]),
-                       ("Acc", lambda r: r["fuzzy"]["accuracy"]),
-                       ("macro-F1", lambda r: r["fuzzy"]["macro_f1"]),
-                       ("F1 exact", lambda r: r["exact"]["micro_f1"]),
-                       ("unparsed", lambda r: r["counts"]["unparseable"])],
-    "caption": [("BLEU-1", lambda r: r["bleu1_nltk_sentence_mean"]), ("ROUGE-1", lambda r: r["rouge1_f1"]),
-                ("ROUGE-1 R", lambda r: r["rouge1_recall"])],
-    "conversation": [("BLEU-1", lambda r: r["bleu1_nltk_sentence_mean"]), ("ROUGE-1", lambda r: r["rouge1_f1"]),
-                     ("ROUGE-1 R", lambda r: r["rouge1_recall"])],
-    # LLaVA-Med's PathVQA columns
-    "vqa": [("closed acc", lambda r: r["closed_accuracy"]), ("open recall", lambda r: r["open_recall"]),
-            ("EM", lambda r: r["exact_match"]), ("open F1", lambda r: r["open_f1"]),
-            ("open BLEU-1", lambda r: r["open_bleu1_nltk_sentence_mean"])],
+# The comparison table's columns per task: (column label, key path in metrics.json, older key
+# path read from results written before the keys were renamed -- only where it is the same
+# computation, else None). The label says whose scorer made the number; ``scoring.SCORERS`` says
+# exactly what it is, and the table's legend repeats it.
+HEADLINE: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...] | None]]] = {
+    # PathInsight Table 2 (F1, Recall) at the fuzzy mapping level; accuracy and macro-F1 beside it
+    "classification": [("F1 [PathInsight]", ("fuzzy", "pathinsight_f1"), ("fuzzy", "micro_f1")),
+                       ("Recall [PathInsight]", ("fuzzy", "pathinsight_recall"), ("fuzzy", "micro_recall")),
+                       ("Acc", ("fuzzy", "accuracy"), None),
+                       ("macro-F1", ("fuzzy", "macro_f1"), None),
+                       ("F1 exact [PathInsight]", ("exact", "pathinsight_f1"), ("exact", "micro_f1")),
+                       ("unparsed", ("counts", "unparseable"), None)],
+    "caption": [("BLEU-1 [LLaVA-Med]", ("llava_med_bleu1",), None),
+                ("BLEU-1 strict", ("strict_bleu1",), ("bleu1_nltk_sentence_mean",)),
+                ("ROUGE-1", ("rouge1_f1",), None), ("ROUGE-1 R", ("rouge1_recall",), None)],
+    "conversation": [("BLEU-1 [LLaVA-Med]", ("llava_med_bleu1",), None),
+                     ("BLEU-1 strict", ("strict_bleu1",), ("bleu1_nltk_sentence_mean",)),
+                     ("ROUGE-1", ("rouge1_f1",), None), ("ROUGE-1 R", ("rouge1_recall",), None)],
+    # LLaVA-Med Table 4's PathVQA columns (closed accuracy, open recall) first, from its own scorer
+    "vqa": [("closed acc [LLaVA-Med]", ("llava_med_closed_accuracy",), None),
+            ("open recall [LLaVA-Med]", ("llava_med_open_recall",), None),
+            ("open F1 [LLaVA-Med]", ("llava_med_open_f1",), None),
+            ("open EM [LLaVA-Med]", ("llava_med_open_exact_match",), None),
+            ("open BLEU-1 [LLaVA-Med]", ("llava_med_open_bleu1",), None),
+            ("closed acc [Quilt-LLaVA]", ("quilt_llava_closed_accuracy",), None),
+            ("closed acc strict", ("strict_closed_accuracy",), None),
+            ("EM strict", ("strict_exact_match",), None)],
 }
+
+def _get(res: dict[str, Any], path: tuple[str, ...] | None) -> Any:
+    if path is None:
+        return None
+    v: Any = res
+    for k in path:
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return v
 
 
 def comparison(all_metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rows = models, columns = ``group: metric`` (Table 2 of the paper)."""
+    """Rows = models, columns = ``group: metric`` (Table 2 of the paper); ``scorers`` names, per
+    column, the metrics.json key and the scorer that produced it. A column a results file lacks
+    (written before that key existed) is None."""
     columns: list[str] = []
+    scorers: dict[str, str] = {}
     rows = []
     for m in all_metrics:
         row: dict[str, Any] = {"model": m["model"]}
         for key, res in m["results"].items():
-            for label, get in HEADLINE.get(res["task"], []):
+            for label, path, old in HEADLINE.get(res["task"], []):
                 col = f"{key.split('/', 1)[1]} {label}"
-                try:
-                    row[col] = get(res)
-                except (KeyError, TypeError):
-                    row[col] = None
+                v = _get(res, path)
+                row[col] = v if v is not None else _get(res, old)
                 if col not in columns:
                     columns.append(col)
+                    scorers[col] = f"{'.'.join(path)}: " + scoring.SCORERS.get(
+                        path[-1], "medadapt (see docs/instruct.md, Metrics)")
         rows.append(row)
-    return {"columns": columns, "rows": rows}
+    return {"columns": columns, "rows": rows, "scorers": scorers}
 
 
 def comparison_markdown(table: dict[str, Any]) -> str:
@@ -233,4 +261,8 @@ def comparison_markdown(table: dict[str, Any]) -> str:
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for r in table["rows"]:
         lines.append(f"| {r['model']} | " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
+    if table.get("scorers"):
+        lines += ["", "Scorer of each column (metrics.json key: scorer); [LLaVA-Med], [Quilt-LLaVA] and "
+                  "[PathInsight] columns are the ones to compare with those papers' tables:"]
+        lines += [f"- {c}: {table['scorers'][c]}" for c in cols if c in table["scorers"]]
     return "\n".join(lines) + "\n"

@@ -1,13 +1,15 @@
 """PathVQA evaluation as LLaVA-Med reports it, on PathVQA's own split, in one command.
 
-LLaVA-Med (Li et al. 2023, Table 4; ``llava/eval/run_eval.py``) scores PathVQA per question type:
-closed (yes / no) questions by accuracy, open questions by recall (share of the reference's words
-in the answer); it also prints exact match, F1 and BLEU-1. Here the questions come straight from
-PathVQA's ``pvqa_{split}.json`` (LXMERT layout, as ``medadapt instruct build`` reads it), each
-model answers greedily (:func:`medadapt.instruct.eval.generate`), and
-:func:`medadapt.instruct.scoring.vqa_scores` scores them. Answers produced elsewhere (a JSONL with
-``id`` + ``prediction``, or LLaVA-Med's answer file with ``question_id`` + ``text``) are scored
-without a model, and without the images.
+LLaVA-Med (Li et al. 2023, Table 4) scores PathVQA per question type: closed (yes / no)
+questions by accuracy, open questions by recall. Here the questions come straight from PathVQA's
+``pvqa_{split}.json`` (LXMERT layout, as ``medadapt instruct build`` reads it), each model
+answers greedily (:func:`medadapt.instruct.eval.generate`), and
+:func:`medadapt.instruct.scoring.vqa_scores` scores them with LLaVA-Med's released scorer
+(``llava_med_*`` keys: microsoft/LLaVA-Med b9a98a7 ``llava/eval/run_eval.py``, quirks included),
+Quilt-LLaVA's yes/no rule (``quilt_llava_closed_accuracy``) and medadapt's strict rules
+(``strict_*``); ``metrics.json`` names the scorer of each key under ``scorers``. Answers
+produced elsewhere (a JSONL with ``id`` + ``prediction``, or LLaVA-Med's answer file with
+``question_id`` + ``text``) are scored without a model, and without the images.
 """
 from __future__ import annotations
 
@@ -77,7 +79,7 @@ def score_predictions(records: list[Record], preds: list[str], name: str, source
     """Write ``OUT/NAME/predictions.jsonl`` and ``metrics.json`` (results under ``vqa/pathvqa``)."""
     rows = [{"id": r.id, "task": "vqa", "source": NAME, "prompt": r.messages[-2]["content"],
              "reference": r.answer, "prediction": p,
-             "answer_type": "closed" if scoring.normalize(r.answer) in ("yes", "no") else "open"}
+             "answer_type": "closed" if scoring.is_closed(r.answer) else "open"}
             for r, p in zip(records, preds)]
     metrics = {"model": name, "path": source, "data": f"PathVQA {cfg.split}", "n": len(records),
                "skipped": {}, "generate_seconds": seconds,

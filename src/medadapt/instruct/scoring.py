@@ -1,34 +1,34 @@
-"""Scoring of generated answers, with well-kept implementations only (see docs/instruct.md,
-"Metrics", for the table of every metric, its definition and who uses it).
+"""Scoring of generated answers (see docs/instruct.md, "Metrics", for the table of every key, its
+definition, the scorer that produced it and where medadapt's strict rules differ).
 
-PathInsight (Wu et al., Section 3.1, Table 2) reports precision / recall / F1 for tissue
-classification, BLEU-1 and ROUGE-1 for captioning. Here:
+Two families of keys, never mixed under one name:
 
-* Classification: free-text answers are mapped to class codes in three cumulative levels,
-  reported separately -- ``exact`` (the normalised answer *is* a class name or code, also after
-  dropping a lead-in such as "this is" / "the tissue shows"),
-  ``synonym`` (it contains as whole words a name / code / synonym of exactly one class; a phrase
-  inside a longer match -- "tumor" in "tumor stroma" -- does not count on its own), ``fuzzy``
-  (the same after correcting typos word by word: a word of 4+ letters that is no word of any
-  class phrase is replaced by the single closest such word with difflib ratio >= ``fuzzy_cutoff``
-  and one edit away, two from 8 letters on). An answer naming
-  two classes is unparseable at every level, and a real vocabulary word is never "corrected"
-  into another ("mucosa" is not a typo of "mucous"). Unparseable answers are not predictions:
-  they lower recall, not precision.
-  **Headline** (``micro_f1`` / ``micro_recall``): micro-averaged over items, precision = correct /
-  parseable answers, recall = correct / items. This reproduces PathInsight's Table 2, whose rows
-  satisfy F1 = 2R / (1 + R) (precision ~ 1: base models mostly answer off-format). Macro P / R / F1
-  average over the classes present in the references or the predictions (a class absent from the
-  split is not a 0).
-* Captioning / conversation: ``bleu1_nltk_sentence_mean`` (headline; the anchors' BLEU-1: mean of
-  nltk ``sentence_bleu`` with weights (1, 0, 0, 0) on lower-cased whitespace tokens, as
-  LLaVA-Med's ``run_eval.py``), ``bleu1_sacrebleu_corpus`` / ``bleu4_sacrebleu_corpus`` (13a
-  tokenizer, lower-cased), ROUGE-1 / ROUGE-L precision, recall and F1 from Google's
-  ``rouge-score`` (mean over items, no stemming). Predictions are scored whole.
-* VQA (LLaVA-Med's PathVQA metrics): closed questions (reference yes / no): accuracy, correct when
-  the reference word is a word of the prediction and the other one is not; open questions:
-  LLaVA-Med's recall (share of reference words found in the prediction), token F1, exact match
-  after normalisation, and BLEU-1 as above.
+* **Anchor scorers** -- the numbers to put beside a published table. ``llava_med_*``: LLaVA-Med's
+  released VQA scorer (microsoft/LLaVA-Med commit b9a98a7, ``llava/eval/run_eval.py`` and
+  ``llava/eval/eval_metrics/``), transcribed with its quirks (substring yes/no rule, the
+  ``normalize_word`` period count of 32, double normalisation, its "exact match" ratio).
+  ``quilt_llava_closed_accuracy``: Quilt-LLaVA's ``quilt_eval.py`` yes/no rule, the one place its
+  released evaluation differs from LLaVA-Med's. ``pathinsight_*``: PathInsight (Wu et al.,
+  Section 3.1, Table 2) classification precision / recall / F1 -- micro over items, precision =
+  correct / parseable answers, recall = correct / items (every Table 2 row has F1 = 2R / (1 + R),
+  i.e. P ~ 1 for base models that mostly answer off-format; the paper releases no code).
+* **medadapt's own rules** -- ``strict_*`` (whole-word yes/no, string-equality exact match after
+  :func:`strict_normalize`, BLEU-1 on raw tokens), sacrebleu corpus BLEU, rouge-score ROUGE, and
+  the classification levels / macro scores below.
+
+Classification: free-text answers are mapped to class codes in three cumulative levels,
+reported separately -- ``exact`` (the normalised answer *is* a class name or code, also after
+dropping a lead-in such as "this is" / "the tissue shows"),
+``synonym`` (it contains as whole words a name / code / synonym of exactly one class; a phrase
+inside a longer match -- "tumor" in "tumor stroma" -- does not count on its own), ``fuzzy``
+(the same after correcting typos word by word: a word of 4+ letters that is no word of any
+class phrase is replaced by the single closest such word with difflib ratio >= ``fuzzy_cutoff``
+and one edit away, two from 8 letters on). An answer naming
+two classes is unparseable at every level, and a real vocabulary word is never "corrected"
+into another ("mucosa" is not a typo of "mucous"). Unparseable answers are not predictions:
+they lower recall, not precision. Micro P / R / F1 (= ``pathinsight_*``) and macro P / R / F1
+(over the classes present in the references or the predictions; an absent class is not a 0)
+come from scikit-learn.
 """
 from __future__ import annotations
 
@@ -42,14 +42,6 @@ LEVELS = ("exact", "synonym", "fuzzy")
 UNPARSEABLE = "<unparseable>"
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _LEAD = re.compile(r"^(this|it|image|tissue|patch|answer)\s+(is|shows|show|contains)\s+")
-
-
-def normalize(text: str) -> str:
-    """Lower-case, drop punctuation (keeping inner hyphens as spaces), articles, extra spaces."""
-    t = text.lower().replace("-", " ")
-    t = t.translate(str.maketrans("", "", string.punctuation))
-    t = _ARTICLES.sub(" ", t)
-    return " ".join(t.split())
 
 
 def _names(info: dict[str, Any], code: str) -> list[str]:
@@ -165,7 +157,11 @@ def classification_scores(preds: list[str], truths: list[str], classes: dict[str
         allowed = LEVELS[: i + 1]
         y_pred = [c if (c is not None and lv in allowed) else UNPARSEABLE for c, lv in mapped]
         out[level] = prf(truths, y_pred, labels)
+        for m in ("precision", "recall", "f1"):  # PathInsight's Table 2 definition is the micro one
+            out[level][f"pathinsight_{m}"] = out[level][f"micro_{m}"]
     out["mapped"] = [{"label": c, "level": lv} for c, lv in mapped]
+    out["scorers"] = {f"<level>.{k}": SCORERS[k] for k in ("pathinsight_precision", "pathinsight_recall",
+                                                            "pathinsight_f1")}
     return out
 
 
@@ -180,26 +176,6 @@ def bleu(preds: list[str], refs: list[str], order: int, level: str = "corpus",
         return BLEU(max_ngram_order=order, lowercase=lowercase).corpus_score(preds, [refs]).score / 100
     m = BLEU(max_ngram_order=order, lowercase=lowercase, effective_order=True)
     return sum(m.sentence_score(p, [r]).score for p, r in zip(preds, refs)) / 100 / len(preds)
-
-
-def sentence_bleu1(pred: str, ref: str) -> float:
-    """The anchors' BLEU-1 of one answer: nltk ``sentence_bleu([ref], pred, weights=(1, 0, 0, 0))``
-    on lower-cased whitespace tokens (LLaVA-Med ``run_eval.py``; punctuation stays on the word)."""
-    import warnings
-
-    from nltk.translate.bleu_score import sentence_bleu
-
-    hyp, r = pred.lower().split(), ref.lower().split()
-    if not hyp or not r:
-        return float(hyp == r and bool(hyp))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(sentence_bleu([r], hyp, weights=(1, 0, 0, 0)))
-
-
-def bleu1_sentence_mean(preds: list[str], refs: list[str]) -> float:
-    """Mean of :func:`sentence_bleu1` over the items (the anchors' reported BLEU-1)."""
-    return sum(sentence_bleu1(p, r) for p, r in zip(preds, refs)) / len(preds) if preds else 0.0
 
 
 def rouge(preds: list[str], refs: list[str], kinds: tuple[str, ...] = ("rouge1", "rougeL")
@@ -220,78 +196,292 @@ def rouge(preds: list[str], refs: list[str], kinds: tuple[str, ...] = ("rouge1",
 
 
 def text_scores(preds: list[str], refs: list[str]) -> dict[str, Any]:
-    """BLEU (anchors' sentence mean and sacrebleu corpus), ROUGE-1 / ROUGE-L (P, R, F1)."""
+    """Caption / conversation metrics: ``llava_med_bleu1`` (LLaVA-Med's BLEU-1, after its
+    ``normalize_word``), ``strict_bleu1`` (raw tokens), sacrebleu corpus BLEU-1/4, ROUGE-1 / ROUGE-L
+    precision, recall, F1 (rouge-score); ``scorers`` names the scorer of each key."""
     r = rouge(preds, refs)
-    return {"n": len(preds),
-            "bleu1_nltk_sentence_mean": bleu1_sentence_mean(preds, refs),
-            "bleu1_sacrebleu_corpus": bleu(preds, refs, 1, "corpus"),
-            "bleu4_sacrebleu_corpus": bleu(preds, refs, 4, "corpus"),
-            "rouge1_f1": r["rouge1"]["f1"], "rouge1_recall": r["rouge1"]["recall"],
-            "rouge1_precision": r["rouge1"]["precision"],
-            "rougeL_f1": r["rougeL"]["f1"], "rougeL_recall": r["rougeL"]["recall"],
-            "rougeL_precision": r["rougeL"]["precision"]}
+    out = {"n": len(preds),
+           "llava_med_bleu1": bleu1_sentence_mean(preds, refs, llava_med_bleu1),
+           "strict_bleu1": bleu1_sentence_mean(preds, refs, strict_bleu1),
+           "bleu1_sacrebleu_corpus": bleu(preds, refs, 1, "corpus"),
+           "bleu4_sacrebleu_corpus": bleu(preds, refs, 4, "corpus"),
+           "rouge1_f1": r["rouge1"]["f1"], "rouge1_recall": r["rouge1"]["recall"],
+           "rouge1_precision": r["rouge1"]["precision"],
+           "rougeL_f1": r["rougeL"]["f1"], "rougeL_recall": r["rougeL"]["recall"],
+           "rougeL_precision": r["rougeL"]["precision"]}
+    out["scorers"] = {k: SCORERS[k] for k in out if k in SCORERS}
+    return out
 
+
+# --- LLaVA-Med's released VQA scorer (anchor) ---------------------------------------------------
+# A transcription of the behaviour of microsoft/LLaVA-Med commit b9a98a7 (the last commit with the
+# v1.0 VQA scorer): llava/eval/run_eval.py ``evaluate()`` and llava/eval/eval_metrics/
+# glossary.py (``normalize_word``), evaluate_metrics.py (``calculate_exactmatch``,
+# ``calculate_f1score``) and utils.py (``split_sentence``). Quirks are kept on purpose: they are
+# what the published PathVQA numbers were computed with.
+LLAVA_MED_SOURCE = "microsoft/LLaVA-Med@b9a98a7 llava/eval/run_eval.py + llava/eval/eval_metrics/"
+QUILT_LLAVA_SOURCE = "aldraus/quilt-llava@a7a9a4c llava/eval/quilt_eval.py + quilt_utils.py"
 
 _LM_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
-             ",", "?", "!"]
-_LM_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+             ",", "?", "!"]  # glossary.py ``punct``, in its order
+# glossary.py ``period_strip`` is "(?!<=\d)(\.)(?!\d)": its first group is a look-*ahead* for the
+# two characters "<=" and a digit, which can never start where a "." is, so only "(?!\d)" acts.
+_LM_PERIOD = re.compile(r"\.(?!\d)")
+# ``period_strip.sub("", token, re.UNICODE)``: the third positional argument of Pattern.sub is the
+# *count*, so at most re.UNICODE = 32 periods go per call (a 40-period tail keeps 8).
+LLAVA_MED_PERIOD_COUNT = int(re.UNICODE)
 _LM_COMMA = re.compile(r"(\d)(,)(\d)")
 _LM_NUM = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
            "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+# glossary.py ``contractions`` (VQA-v2's table) as "from:to" pairs; its keys with capitals (Im, Ive,
+# Id've, I'dve) never match the lower-cased words and two map a word to itself, so they are left out.
+_LM_CONTRACTIONS = dict(pair.split(":") for pair in """
+aint:ain't arent:aren't cant:can't couldve:could've couldnt:couldn't couldn'tve:couldn't've
+couldnt've:couldn't've didnt:didn't doesnt:doesn't dont:don't hadnt:hadn't hadnt've:hadn't've
+hadn'tve:hadn't've hasnt:hasn't havent:haven't hed:he'd hed've:he'd've he'dve:he'd've hes:he's
+howd:how'd howll:how'll hows:how's isnt:isn't itd:it'd itd've:it'd've it'dve:it'd've itll:it'll
+maam:ma'am mightnt:mightn't mightnt've:mightn't've mightn'tve:mightn't've mightve:might've
+mustnt:mustn't mustve:must've neednt:needn't notve:not've oclock:o'clock oughtnt:oughtn't
+ow's'at:'ow's'at 'ows'at:'ow's'at 'ow'sat:'ow's'at shant:shan't shed've:she'd've she'dve:she'd've
+shouldve:should've shouldnt:shouldn't shouldnt've:shouldn't've shouldn'tve:shouldn't've
+somebody'd:somebodyd somebodyd've:somebody'd've somebody'dve:somebody'd've somebodyll:somebody'll
+somebodys:somebody's someoned:someone'd someoned've:someone'd've someone'dve:someone'd've
+someonell:someone'll someones:someone's somethingd:something'd somethingd've:something'd've
+something'dve:something'd've somethingll:something'll thats:that's thered:there'd
+thered've:there'd've there'dve:there'd've therere:there're theres:there's theyd:they'd
+theyd've:they'd've they'dve:they'd've theyll:they'll theyre:they're theyve:they've twas:'twas
+wasnt:wasn't wed've:we'd've we'dve:we'd've weve:we've werent:weren't whatll:what'll whatre:what're
+whats:what's whatve:what've whens:when's whered:where'd wheres:where's whereve:where've whod:who'd
+whod've:who'd've who'dve:who'd've wholl:who'll whos:who's whove:who've whyll:why'll whyre:why're
+whys:why's wont:won't wouldve:would've wouldnt:wouldn't wouldnt've:wouldn't've
+wouldn'tve:wouldn't've yall:y'all yall'll:y'all'll y'allll:y'all'll yall'd've:y'all'd've
+y'alld've:y'all'd've y'all'dve:y'all'd've youd:you'd youd've:you'd've you'dve:you'd've
+youll:you'll youre:you're youve:you've
+""".split())
 
 
 def llava_med_normalize(text: str) -> str:
-    """LLaVA-Med's ``normalize_word`` (VQA-v2 style): punctuation, periods, number words,
-    articles, lower case (its contraction table is left out)."""
+    """LLaVA-Med's ``normalize_word`` (glossary.py @ b9a98a7), quirks included.
+
+    1. each character of ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` in turn is deleted if the
+       *input* text has it next to a space (or the input has a digit,digit anywhere), otherwise
+       replaced by a space -- so "Yes, it is" -> "Yes it is" but "Yes,cardiovascular" ->
+       "Yes cardiovascular";
+    2. at most 32 periods not followed by a digit are deleted (the ``re.UNICODE`` count quirk);
+    3. lower case, whitespace split, number words none/zero..ten -> 0..10, articles a/an/the
+       dropped, VQA contractions restored ("isnt" -> "isn't"), words joined by one space, and
+       every remaining "," deleted.
+    """
     out = text
+    number_comma = _LM_COMMA.search(text) is not None
     for p in _LM_PUNCT:
-        if (p + " " in text or " " + p in text) or _LM_COMMA.search(text) is not None:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    out = _LM_PERIOD.sub("", out)
+        out = out.replace(p, "" if (p + " " in text or " " + p in text or number_comma) else " ")
+    out = _LM_PERIOD.sub("", out, count=LLAVA_MED_PERIOD_COUNT)
     words = [_LM_NUM.get(w, w) for w in out.lower().split()]
-    return " ".join(w for w in words if w not in ("a", "an", "the")).replace(",", "")
+    words = [_LM_CONTRACTIONS.get(w, w) for w in words if w not in ("a", "an", "the")]
+    return " ".join(words).replace(",", "")
+
+
+def llava_med_prepare(text: str) -> str:
+    """What ``run_eval.evaluate`` makes of an answer before scoring: ``normalize_word(text.lower())``."""
+    return llava_med_normalize(text.lower())
+
+
+def _lm_words(text: str) -> Counter:
+    """utils.py ``split_sentence(text, 1)``: word counts of the lower-cased, whitespace-split text."""
+    return Counter(text.lower().split())
 
 
 def llava_med_prf(pred: str, ref: str) -> tuple[float, float, float]:
-    """LLaVA-Med ``calculate_f1score``: word-count overlap of the normalised texts -> (F1, P, R)."""
-    c, r = Counter(llava_med_normalize(pred).split()), Counter(llava_med_normalize(ref).split())
+    """(F1, precision, recall) of one open answer as LLaVA-Med computes them.
+
+    ``run_eval.evaluate`` normalises both texts (:func:`llava_med_prepare`) and
+    ``calculate_f1score`` normalises them *again* (so a 40-period tail is gone here though not in
+    BLEU). With word counts C (answer) and R (reference): tp = sum of C[w] over answer words also
+    in the reference (the answer's count, not the minimum), fp = C[w] of the other answer words,
+    fn = R[w] of reference words absent from the answer; precision = tp / (tp + fp), recall =
+    tp / (tp + fn); (0, 0, 0) when either text is empty or tp = 0.
+    """
+    c = _lm_words(llava_med_normalize(llava_med_prepare(pred)))
+    r = _lm_words(llava_med_normalize(llava_med_prepare(ref)))
     if not c or not r:
         return 0.0, 0.0, 0.0
-    tp = sum(c[w] for w in c if w in r)
-    fp = sum(c[w] for w in c if w not in r)
-    fn = sum(r[w] for w in r if w not in c)
+    tp = sum(n for w, n in c.items() if w in r)
+    fp = sum(n for w, n in c.items() if w not in r)
+    fn = sum(n for w, n in r.items() if w not in c)
     if tp == 0:
         return 0.0, 0.0, 0.0
     prec, rec = tp / (tp + fp), tp / (tp + fn)
     return 2 * prec * rec / (prec + rec), prec, rec
 
 
-def closed_correct(pred: str, ref: str) -> bool:
-    """Yes/no rule of the anchors: the reference word is a word of the prediction and the other
-    answer is not ("The answer is yes." is right; "yes and no" is wrong)."""
-    words = set(normalize(pred).split())
-    want = normalize(ref)
+def llava_med_exact_match(pred: str, ref: str) -> float:
+    """LLaVA-Med's "exact match score" of one open answer (``calculate_exactmatch``, after the
+    same double normalisation as :func:`llava_med_prf`): the number of *distinct* reference words
+    found in the answer divided by the answer's word count (with repeats); 0 for an empty answer.
+    Not string equality: "carcinoma" for "squamous cell carcinoma" scores 1."""
+    c = _lm_words(llava_med_normalize(llava_med_prepare(pred)))
+    r = _lm_words(llava_med_normalize(llava_med_prepare(ref)))
+    total = sum(c.values())
+    return sum(1 for w in r if w in c) / total if total else 0.0
+
+
+def llava_med_bleu1(pred: str, ref: str) -> float:
+    """LLaVA-Med's ``bleu_score_1`` of one answer: nltk ``sentence_bleu([ref], pred,
+    weights=(1, 0, 0, 0))`` on the whitespace tokens of the *once*-normalised, lower-cased texts
+    (:func:`llava_med_prepare`; no smoothing)."""
+    import warnings
+
+    from nltk.translate.bleu_score import sentence_bleu
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(sentence_bleu([llava_med_prepare(ref).lower().split()],
+                                   llava_med_prepare(pred).lower().split(), weights=(1, 0, 0, 0)))
+
+
+def llava_med_closed_correct(pred: str, ref: str) -> bool:
+    """LLaVA-Med's yes/no rule (run_eval.py @ b9a98a7, CLOSED branch), on the once-normalised
+    texts: right when "yes" or "no" occurs in the answer *as a substring* and the reference does
+    too. So "no" inside "not" / "know" / "normal" / "nodule" and "yes" inside "eyes" count, and an
+    answer naming both words is right whatever the reference."""
+    p, g = llava_med_prepare(pred), llava_med_prepare(ref)
+    return ("yes" in p or "no" in p) and g in p
+
+
+def quilt_llava_closed_correct(pred: str, ref: str) -> bool:
+    """Quilt-LLaVA's yes/no rule (``quilt_eval.py`` @ a7a9a4c): the once-normalised answer, commas
+    dropped, split on single spaces, means "no" if one of its words is "no" or "not" (or "No",
+    which lower-casing never leaves), else "yes" -- so an empty or off-topic answer is "yes"; right
+    when that equals the normalised reference (Quilt asserts the reference is yes / no; any other
+    reference is counted wrong here)."""
+    words = llava_med_prepare(pred).replace(",", "").split(" ")
+    said = "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+    return said == llava_med_prepare(ref)
+
+
+# --- medadapt's stricter rules ----------------------------------------------------------------
+_STRICT_SPACE = str.maketrans({c: " " for c in string.punctuation if c != "'"})
+
+
+def strict_normalize(text: str) -> str:
+    """medadapt's normaliser: lower case; apostrophes dropped ("don't" -> "dont"); a comma between
+    digits dropped ("1,000" -> "1000") and a period between digits kept ("3.5"); every other
+    punctuation mark becomes a space, so glued words split ("Yes,cardiovascular" -> "yes
+    cardiovascular", "Liver........" -> "liver"); articles a/an/the dropped; single spaces."""
+    t = text.lower().replace("'", "").replace("\u2019", "")
+    t = re.sub(r"(?<=\d),(?=\d)", "", t)
+    t = re.sub(r"(?<=\d)\.(?=\d)", "\0", t).translate(_STRICT_SPACE).replace("\0", ".")
+    t = _ARTICLES.sub(" ", t)
+    return " ".join(t.split())
+
+
+normalize = strict_normalize  # the name the classification mapping and older callers use
+
+
+def strict_closed_correct(pred: str, ref: str) -> bool:
+    """medadapt's yes/no rule: the reference word is a *word* of the strictly normalised answer
+    and the other word is not ("The answer is yes." right; "yes and no", "I do not know",
+    "Eyes" wrong)."""
+    words = set(strict_normalize(pred).split())
+    want = strict_normalize(ref)
     other = "no" if want == "yes" else "yes"
     return want in words and other not in words
 
 
+closed_correct = strict_closed_correct  # old name
+
+
+def is_closed(ref: str) -> bool:
+    """A closed (yes / no) question: its reference is "yes" or "no" (PathVQA's yes/no questions;
+    Quilt-LLaVA's ``convert_pvqa_for_eval.py`` tags them CLOSED the same way)."""
+    return strict_normalize(ref) in ("yes", "no")
+
+
+def strict_bleu1(pred: str, ref: str) -> float:
+    """medadapt's strict BLEU-1 of one answer: nltk ``sentence_bleu([ref], pred, weights=(1, 0, 0,
+    0))`` on the raw lower-cased whitespace tokens, punctuation left on its word ("cells." is not
+    "cells"); 0 when either side is empty."""
+    import warnings
+
+    from nltk.translate.bleu_score import sentence_bleu
+
+    hyp, r = pred.lower().split(), ref.lower().split()
+    if not hyp or not r:
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(sentence_bleu([r], hyp, weights=(1, 0, 0, 0)))
+
+
+sentence_bleu1 = strict_bleu1  # old name
+
+
+def bleu1_sentence_mean(preds: list[str], refs: list[str], one=strict_bleu1) -> float:
+    """Mean of ``one(pred, ref)`` over the items (default :func:`strict_bleu1`)."""
+    return sum(one(p, r) for p, r in zip(preds, refs)) / len(preds) if preds else 0.0
+
+
+# Which scorer produced each metrics.json key (written beside the numbers and in the docs).
+_LM = f"LLaVA-Med released scorer ({LLAVA_MED_SOURCE})"
+SCORERS: dict[str, str] = {
+    "llava_med_closed_accuracy": _LM + ": yes/no accuracy, substring rule",
+    "llava_med_open_recall": _LM + ": calculate_f1score recall, mean over open questions",
+    "llava_med_open_precision": _LM + ": calculate_f1score precision, mean over open questions",
+    "llava_med_open_f1": _LM + ": calculate_f1score F1, mean over open questions",
+    "llava_med_open_exact_match": _LM + ": calculate_exactmatch (distinct reference words found / answer "
+                                  "words), mean over open questions",
+    "llava_med_open_bleu1": _LM + ": bleu_score_1, nltk sentence BLEU-1 after normalize_word, mean over open questions",
+    "quilt_llava_closed_accuracy": f"Quilt-LLaVA released scorer ({QUILT_LLAVA_SOURCE}): yes/no accuracy, "
+                                   "answer is 'no' iff a word is no/not",
+    "strict_closed_accuracy": "medadapt strict rule: reference word is a word of the answer and the other word is not",
+    "strict_open_exact_match": "medadapt strict rule: strictly normalised answer == reference, mean over open questions",
+    "strict_exact_match": "medadapt strict rule: strictly normalised answer == reference, mean over all questions",
+    "llava_med_bleu1": _LM + ": nltk sentence BLEU-1 after normalize_word, mean over items",
+    "strict_bleu1": "medadapt strict rule: nltk sentence BLEU-1 on raw lower-cased whitespace tokens, mean over items",
+    "bleu1_sacrebleu_corpus": "sacrebleu corpus BLEU-1 (13a tokenizer, lower-cased)",
+    "bleu4_sacrebleu_corpus": "sacrebleu corpus BLEU-4 (13a tokenizer, lower-cased)",
+    "rouge1_f1": "Google rouge-score ROUGE-1 F1 (no stemming), mean over items",
+    "rouge1_recall": "Google rouge-score ROUGE-1 recall (no stemming), mean over items",
+    "rouge1_precision": "Google rouge-score ROUGE-1 precision (no stemming), mean over items",
+    "rougeL_f1": "Google rouge-score ROUGE-L F1 (no stemming), mean over items",
+    "rougeL_recall": "Google rouge-score ROUGE-L recall (no stemming), mean over items",
+    "rougeL_precision": "Google rouge-score ROUGE-L precision (no stemming), mean over items",
+    "pathinsight_f1": "PathInsight Table 2 F1: micro over items, unparseable answers not predictions (= micro_f1)",
+    "pathinsight_recall": "PathInsight Table 2 recall: correct / items (= micro_recall)",
+    "pathinsight_precision": "PathInsight Table 2 precision: correct / parseable answers (= micro_precision)",
+    "accuracy": "medadapt: correct / items after label mapping (scikit-learn accuracy_score)",
+    "macro_f1": "medadapt: scikit-learn macro F1 over the classes present in references or predictions",
+    "unparseable": "medadapt: answers mapped to no class",
+}
+
+
 def vqa_scores(preds: list[str], refs: list[str]) -> dict[str, Any]:
-    """PathVQA / VQA metrics as LLaVA-Med reports them, split by closed (yes/no) and open."""
-    closed = [(p, r) for p, r in zip(preds, refs) if normalize(r) in ("yes", "no")]
-    opened = [(p, r) for p, r in zip(preds, refs) if normalize(r) not in ("yes", "no")]
+    """PathVQA / VQA metrics, split by closed (yes / no reference, :func:`is_closed`) and open.
+
+    ``llava_med_*`` equal LLaVA-Med's released ``run_eval.py`` (b9a98a7) on the same answers;
+    ``quilt_llava_closed_accuracy`` is Quilt-LLaVA's ``quilt_eval.py`` yes/no rule (its open
+    metrics are the same functions as LLaVA-Med's, so they are not repeated); ``strict_*`` are
+    medadapt's own rules. A mean over no questions is None (the official code divides by zero
+    for open and prints 0.0 for closed).
+    """
+    closed = [(p, r) for p, r in zip(preds, refs) if is_closed(r)]
+    opened = [(p, r) for p, r in zip(preds, refs) if not is_closed(r)]
     mean = lambda xs: (sum(xs) / len(xs)) if xs else None
     prf_open = [llava_med_prf(p, r) for p, r in opened]
-    return {
+    strict_eq = lambda p, r: float(strict_normalize(p) == strict_normalize(r))
+    out = {
         "n": len(preds), "n_closed": len(closed), "n_open": len(opened),
-        "closed_accuracy": mean([float(closed_correct(p, r)) for p, r in closed]),
-        "open_recall": mean([x[2] for x in prf_open]),
-        "open_f1": mean([x[0] for x in prf_open]),
-        "open_precision": mean([x[1] for x in prf_open]),
-        "open_exact_match": mean([float(normalize(p) == normalize(r)) for p, r in opened]),
-        "open_bleu1_nltk_sentence_mean": bleu1_sentence_mean(
-            [llava_med_normalize(p) for p, _ in opened], [llava_med_normalize(r) for _, r in opened])
-        if opened else None,
-        "exact_match": mean([float(normalize(p) == normalize(r)) for p, r in zip(preds, refs)]),
+        "llava_med_closed_accuracy": mean([float(llava_med_closed_correct(p, r)) for p, r in closed]),
+        "llava_med_open_recall": mean([x[2] for x in prf_open]),
+        "llava_med_open_precision": mean([x[1] for x in prf_open]),
+        "llava_med_open_f1": mean([x[0] for x in prf_open]),
+        "llava_med_open_exact_match": mean([llava_med_exact_match(p, r) for p, r in opened]),
+        "llava_med_open_bleu1": mean([llava_med_bleu1(p, r) for p, r in opened]),
+        "quilt_llava_closed_accuracy": mean([float(quilt_llava_closed_correct(p, r)) for p, r in closed]),
+        "strict_closed_accuracy": mean([float(strict_closed_correct(p, r)) for p, r in closed]),
+        "strict_open_exact_match": mean([strict_eq(p, r) for p, r in opened]),
+        "strict_exact_match": mean([strict_eq(p, r) for p, r in zip(preds, refs)]),
     }
+    out["scorers"] = {k: SCORERS[k] for k in out if k in SCORERS}
+    return out
