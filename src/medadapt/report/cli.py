@@ -132,6 +132,13 @@ def _cmd_report(args) -> int:
         res = write_comparison(args.runs_dir, args.compare, out=args.out)
         for t in res["tables"]:
             print(f"compare {t['table']}: {t['markdown']}" + (f", plot {t['plot']}" if t["plot"] else ""))
+            rec = t["result"].get("recipe") or {}
+            if rec.get("recipe"):
+                off = len(rec["off_runs"])
+                print(f"  recipe {rec['recipe']}: {rec['on']} run folder(s) follow it"
+                      + (f", {off} off it (marked † in the table)" if off else ""))
+            else:
+                print("  no recipe ships for this table: settings not checked against the authors'")
         print(f"all tables: {res['out']}/compare.md")
         return 0
     from medadapt.report.report import build_report
