@@ -153,13 +153,13 @@ def test_cli_recipes_and_methods_with_recipe(capsys):
 
 
 def test_recipe_end_to_end_on_standins_with_compare(tmp_path, monkeypatch, capsys):
-    """bench --recipe on stand-in data (tiny backbone): two runs as the recipe says, one with a
-    --set that leaves the recipe; report --compare names the recipe, marks only that one run and
-    says what the +- of the seed-1 methods measures."""
+    """bench --recipe on stand-in data (tiny backbone), both BiomedCoOp recipes: runs as the
+    recipe says, and one with a --set that leaves the recipe; report --compare names the recipe,
+    marks only that run and says what the +- of the seed-1 methods measures."""
     from biomedcoop_standins import make_standin
     monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "data"
-    make_standin(data, "biomedcoop-dermamnist")
+    make_standin(data, "biomedcoop-dermamnist", {"train": 16, "val": 4, "test": 2})
     runs = tmp_path / "runs"
     base = ["bench", "--recipe", FEW, "--backbone", "tiny-open-clip", "--data-root", str(data),
             "--out", str(runs), "--quiet"]
@@ -185,3 +185,19 @@ def test_recipe_end_to_end_on_standins_with_compare(tmp_path, monkeypatch, capsy
     js = json.loads((runs / "report" / f"compare_{FEW}.json").read_text())
     assert js["recipe"]["runs_off"] == {"tiny-open-clip/DermaMNIST/few-shot/coop/1shot":
                                         ["train.epochs"]}
+
+    # base-to-novel: zero-shot as the recipe says, CoOp with one epoch (off the recipe)
+    b2n = tmp_path / "b2n"
+    base = ["bench", "--recipe", B2N, "--backbone", "tiny-open-clip", "--data-root", str(data),
+            "--out", str(b2n), "--quiet"]
+    assert main(base + ["--only", "DermaMNIST/base-to-novel/zero-shot/16shot"]) == 0
+    assert main(base + ["--set", "train.epochs=1", "--only", "DermaMNIST/base-to-novel/coop/"]) == 0
+    res = json.loads((b2n / "tiny-open-clip/DermaMNIST/base-to-novel/coop/16shot/summary.json")
+                     .read_text())
+    assert res["novel"]["mean"] is not None
+    assert main(["report", str(b2n), "--compare", B2N]) == 0
+    md = (b2n / "report" / f"compare_{B2N}.md").read_text()
+    assert "Recipe: `biomedcoop-b2n`" in md and "1 run folder(s) follow it, 1 are off it" in md
+    assert "mean over 1 of 10 data sets" in md
+    zs = next(line for line in md.splitlines() if line.startswith("| BiomedCLIP (zero-shot) | mean |"))
+    assert "†" not in zs
