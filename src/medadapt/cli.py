@@ -243,10 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "--recipe: the recipe's first protocol)")
             sp.add_argument("--recipe", default=None, metavar="R",
                             help="show the values one run of recipe R uses (see `medadapt "
-                                 "recipes`), each with its source; needs --dataset")
+                                 "recipes`), each with its source; needs --dataset (default: "
+                                 "none, the method's own defaults)")
             sp.add_argument("--dataset", default=None, metavar="D",
                             help="with --recipe: the data set (its label in the recipe, e.g. "
-                                 "DermaMNIST, or its spec)")
+                                 "DermaMNIST, or its spec) (default: none)")
             sp.set_defaults(func=_methods)
 
     f = sub.add_parser("fit", help="train and evaluate a method over one or more seeds",
