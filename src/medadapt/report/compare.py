@@ -27,6 +27,14 @@ budget), in %, with the seed standard deviation; the ``mean`` data set averages 
 the table that have runs, seed by seed, and says how many of them it covers. Data sets without
 runs are listed with the reason (the bench's recorded error, e.g. the folder it expected), never
 as zeros; a partial suite gives a partial table.
+
+Recipes (:mod:`medadapt.recipes`): the comparison is held to the recipe the runs name
+(``config.yaml`` ``recipe:``), else to a shipped recipe that reproduces the table. Every run is
+recomputed through that recipe and diffed against its ``config.yaml``; a run that differs (or was
+not made from the recipe) is marked † in the table and listed with the keys that differ, so an
+off-recipe number is never put silently beside a published one. Where runs train every seed on one
+seed's images (``data.sample_seed``) the report says that their ± measures augmentation and
+initialisation only.
 """
 from __future__ import annotations
 
