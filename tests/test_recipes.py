@@ -201,3 +201,19 @@ def test_recipe_end_to_end_on_standins_with_compare(tmp_path, monkeypatch, capsy
     assert "mean over 1 of 10 data sets" in md
     zs = next(line for line in md.splitlines() if line.startswith("| BiomedCLIP (zero-shot) | mean |"))
     assert "†" not in zs
+
+
+def test_grid_file_naming_a_recipe(tmp_path):
+    from medadapt.report.bench import expand_recipe, load_grid
+    g = tmp_path / "g.yaml"
+    g.write_text("recipe: biomedcoop-b2n\nout: o\nset: {train.epochs: 2}\n")
+    runs, recipe = expand_recipe(load_grid(g), ["seeds=[1]"], backbone="tiny-open-clip")
+    assert recipe.name == B2N and len(runs) == 60
+    coop = next(r for r in runs if r.id == "tiny-open-clip/BTMRI/base-to-novel/coop/16shot")
+    assert coop.cfg["train"]["epochs"] == 2 and coop.seeds == [1] and coop.cfg["recipe"] == B2N
+    assert recipe.off_recipe(resolve(coop.cfg), "BTMRI") == ["train.epochs", "seeds ([1] instead "
+                                                             "of [1, 2, 3])"]
+    g.write_text("recipe: biomedcoop-b2n\nmethods: [coop]\n")
+    with pytest.raises(UserError, match="takes its data sets, methods"):
+        expand_recipe(load_grid(g))
+    assert main(["bench", str(g), "--recipe", B2N]) == 2

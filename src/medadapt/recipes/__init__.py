@@ -243,7 +243,8 @@ class Recipe:
                                        backbone=stored.get("backbone")))
         except UserError as e:
             return [f"the recipe does not resolve here: {e}"]
-        diff = [k for k in config_diff(stored, want) if k != "backbone"]
+        diff = [k for k in config_diff(stored, want)
+                if k != "backbone" and not k.startswith("seeds")]  # seeds: said below
         if list(stored.get("seeds") or []) != self.method_seeds(m):
             diff.append(f"seeds ({stored.get('seeds')} instead of {self.method_seeds(m)})")
         return diff
