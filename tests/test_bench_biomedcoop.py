@@ -1,7 +1,8 @@
 """Done-when of the benchmark issue: synthetic stand-ins of BiomedCoOp's 11 data sets (generated
-images at the paths the real split files name), the shipped BiomedCoOp few-shot config run end to
-end on tiny-open-clip with one seed and a tiny budget, and the comparison table with the published
-column filled and ours computed; a missing data set gives a partial table, never zeros."""
+images at the paths the real split files name), the shipped BiomedCoOp few-shot config (the
+recipe) run end to end on tiny-open-clip with one seed and a tiny budget, and the comparison table
+with the published column filled, ours computed and every run marked off the recipe (tiny budget);
+a missing data set gives a partial table, never zeros."""
 from __future__ import annotations
 
 import csv
@@ -24,30 +25,31 @@ LABELS = ["BTMRI", "BUSI", "CHMNIST", "COVID-QU-Ex", "CTKidney", "DermaMNIST", "
 
 
 def _grid(tmp: Path) -> Path:
-    """The shipped config with the test's backbone, budget and descriptions file."""
+    """The shipped config (it names the recipe) and, in the folder the test runs from, the
+    descriptions file the recipe names (biomedcoop-descriptions.json)."""
     desc = {"meta": {"note": "test"}, "classes": {c: [f"an image of {c}.", f"a scan of {c}."]
             for s in BIOMEDCOOP_SETS.values() for c in s.classnames}}
-    (tmp / "desc.json").write_text(json.dumps(desc))
+    (tmp / "biomedcoop-descriptions.json").write_text(json.dumps(desc))
     grid = yaml.safe_load(CONFIG.read_text())
-    assert [d["label"] for d in grid["datasets"]] == LABELS
-    grid.update(backbones=["tiny-open-clip"], shots=[1], seeds=[1])
-    for m in grid["methods"]:
-        if isinstance(m, dict) and "texts.descriptions" in (m.get("set") or {}):
-            m["set"]["texts.descriptions"] = str(tmp / "desc.json")
-    (tmp / "grid.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
-    return tmp / "grid.yaml"
+    assert grid["recipe"] == "biomedcoop-fewshot"
+    from medadapt.recipes import load_recipe
+    assert [d["label"] for d in load_recipe("biomedcoop-fewshot").datasets] == LABELS
+    return CONFIG
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SPLITS_DIR.exists(), reason="shared split files not found")
 def test_biomedcoop_fewshot_config_end_to_end_with_comparison(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
     data = make_all(tmp_path / "data")
     grid = _grid(tmp_path)
     runs = tmp_path / "runs"
-    only = ["/lp++/", "/biomedcoop/"]  # two of the config's methods on all 11 data sets
-    args = ["bench", str(grid), "--data-root", str(data), "--out", str(runs), "--quiet",
-            "--set", "train.epochs=1", "--only", *only]
+    only = ["/lp++/1shot", "/biomedcoop/1shot"]  # two of the recipe's methods on all 11 data sets
+    # a tiny backbone, one seed and one epoch: off the recipe, and the comparison says so
+    args = ["bench", str(grid), "--backbone", "tiny-open-clip", "--data-root", str(data),
+            "--out", str(runs), "--quiet", "--set", "train.epochs=1", "--set", "seeds=[1]",
+            "--only", *only]
     assert main(args) == 0
     index = json.loads((runs / "bench_index.json").read_text())
     assert index["counts"]["done"] == 22  # the other methods stay pending (--only)
@@ -69,12 +71,15 @@ def test_biomedcoop_fewshot_config_end_to_end_with_comparison(tmp_path, monkeypa
     assert all(r["ours_mean"] for r in bc)
     md = (out / "compare_biomedcoop-fewshot.md").read_text()
     assert "| LP++ | mean | 47.24 / " in md and "the paper's: biomedclip" in md
+    assert "Recipe: `biomedcoop-fewshot`" in md and "0 run folder(s) follow it, 22 are off it" in md
+    assert "seeds ([1] instead of [1, 2, 3])" in lp_mean_1["off_recipe"]
 
     # a missing data set: the bench records why, the table is partial and says so
     shutil.rmtree(data / "RETINA")
     runs2 = tmp_path / "runs2"
-    assert main(["bench", str(grid), "--data-root", str(data), "--out", str(runs2), "--quiet",
-                 "--set", "train.epochs=1", "--only", "/lp++/"]) == 1
+    assert main(["bench", str(grid), "--backbone", "tiny-open-clip", "--data-root", str(data),
+                 "--out", str(runs2), "--quiet", "--set", "train.epochs=1", "--set", "seeds=[1]",
+                 "--only", "/lp++/1shot"]) == 1
     res = compare(runs2, load_table("biomedcoop-fewshot"))
     assert "RETINA" in res["missing"] and str(data / "RETINA") in res["missing"]["RETINA"]
     cell = res["cells"][("LP++", "mean", "1")]

@@ -19,7 +19,7 @@ from medadapt.errors import UserError
 
 # sub-packages that add their own sub-commands with ``add_parser(subparsers)``
 PLUGINS = ("medadapt.synth.cli", "medadapt.instruct.cli", "medadapt.report.cli", "medadapt.demo",
-           "medadapt.data.cli")
+           "medadapt.data.cli", "medadapt.recipes.cli")
 
 EPILOG = """examples:
   medadapt backbones
@@ -119,7 +119,17 @@ def _methods(args) -> int:
     from medadapt.methods import get_method
     from medadapt.methods._defaults_doc import format_method
     get_method(args.name)  # unknown names: one-line error listing the valid ones
-    print(format_method(args.name, args.shots, args.protocol))
+    if args.recipe or args.dataset:
+        if not (args.recipe and args.dataset):
+            from medadapt.errors import UserError
+            raise UserError("--recipe and --dataset go together: the values of one run of a "
+                            "recipe (see `medadapt recipes`)")
+        from medadapt.recipes.cli import format_recipe_method
+        print(format_recipe_method(args.name, args.recipe, args.dataset, args.shots,
+                                   args.protocol))
+        return 0
+    print(format_method(args.name, 16 if args.shots is None else args.shots,
+                        args.protocol or "few-shot"))
     return 0
 
 
@@ -224,12 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "methods":
             sp.add_argument("name", nargs="?", default=None,
                             help="a method: print its defaults and where each comes from")
-            sp.add_argument("--shots", type=_non_negative_int, default=16,
+            sp.add_argument("--shots", type=_non_negative_int, default=None,
                             help="resolve shot-dependent defaults for K shots (0 = all data) "
-                                 "(default: 16)")
-            sp.add_argument("--protocol", default="few-shot",
+                                 "(default: 16; with --recipe: the recipe's largest K)")
+            sp.add_argument("--protocol", default=None,
                             choices=["few-shot", "base-to-novel", "cross-domain"],
-                            help="resolve protocol-dependent defaults (default: few-shot)")
+                            help="resolve protocol-dependent defaults (default: few-shot; with "
+                                 "--recipe: the recipe's first protocol)")
+            sp.add_argument("--recipe", default=None, metavar="R",
+                            help="show the values one run of recipe R uses (see `medadapt "
+                                 "recipes`), each with its source; needs --dataset (default: "
+                                 "none, the method's own defaults)")
+            sp.add_argument("--dataset", default=None, metavar="D",
+                            help="with --recipe: the data set (its label in the recipe, e.g. "
+                                 "DermaMNIST, or its spec) (default: none)")
             sp.set_defaults(func=_methods)
 
     f = sub.add_parser("fit", help="train and evaluate a method over one or more seeds",

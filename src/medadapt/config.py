@@ -194,7 +194,8 @@ def parse_value(raw: str):
 # schema
 TOP_KEYS = {"backbone": (str,), "dataset": (str,), "method": (dict,), "shots": (int,),
             "seeds": (list,), "protocol": (str,), "device": (str,), "data": (dict,),
-            "texts": (dict,), "train": (dict,), "classnames": (list,)}
+            "texts": (dict,), "train": (dict,), "classnames": (list,),
+            "recipe": (str,)}  # recipe: the published suite a run belongs to (medadapt.recipes)
 PROTOCOLS = ("few-shot", "base-to-novel", "cross-domain")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # keys whose value must be a positive number (> 0) / a non-negative one
@@ -311,6 +312,8 @@ def check_top_level(cfg: dict) -> None:
                             f"got {v!r}")
         if k == "method" and not isinstance(v, (dict, str)):
             raise UserError(f"method must be a method name or a mapping, got {v!r}")
+        if k == "recipe" and v is not None and not isinstance(v, str):
+            raise UserError(f"recipe must be a recipe name, got {v!r}")
 
 
 def validate(cfg: dict, method_defaults: dict, train_schema: dict) -> None:

@@ -63,7 +63,9 @@ from medadapt.engine.rundir import flat_keys
 from medadapt.errors import UserError
 
 GRID_KEYS = {"name", "title", "description", "out", "backbones", "datasets", "methods", "shots",
-             "fractions", "seeds", "protocols", "set"}
+             "fractions", "seeds", "protocols", "set", "recipe"}
+# a grid file that names a recipe (medadapt.recipes) takes its runs from the recipe
+RECIPE_GRID_KEYS = {"recipe", "name", "title", "description", "out", "set"}
 PROTOCOLS = ("few-shot", "base-to-novel", "cross-domain")
 _ENTRY_KEYS = {
     "backbones": {"spec", "name", "label", "set"},
@@ -301,6 +303,24 @@ def expand_grid(grid: dict, base_dir: str | Path | None = None,
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise UserError(f"grid gives the same run folder twice: {dup[0]}")
     return runs
+
+
+def expand_recipe(grid: dict, sets: list[str] | None = None, backbone: str | None = None):
+    """``(runs, recipe)`` of a grid that names a recipe (``recipe: NAME`` or ``--recipe``): the
+    recipe's runs, then the grid's ``set`` and ``--set`` on top (a run they change is off the
+    recipe, and ``report --compare`` says so). ``backbone`` replaces the recipe's backbones."""
+    from medadapt.recipes import load_recipe
+    bad = set(grid) - RECIPE_GRID_KEYS
+    if bad:
+        raise UserError(f"a grid with 'recipe:' takes its data sets, methods, shots and seeds from "
+                        f"the recipe; remove {sorted(bad)} (valid with a recipe: "
+                        f"{sorted(RECIPE_GRID_KEYS)})")
+    recipe = load_recipe(grid["recipe"])
+    runs = recipe.runs(backbone=backbone)
+    for r in runs:
+        r.cfg = apply_sets(apply_overrides(r.cfg, grid.get("set")), sets or [])
+        r.seeds = [int(x) for x in r.cfg["seeds"]]
+    return runs, recipe
 
 
 def validate(runs: list[RunSpec]) -> None:

@@ -30,8 +30,15 @@ status: OUT/bench_index.json (every run and its status), OUT/bench_failures.json
 exit code: 0 when every selected run is complete, 1 when some run failed or was left
 unchanged because its config changed, 2 on a user error in the grid or the options.
 
+a grid may instead name a recipe (a published table as its authors ran it):
+  recipe: biomedcoop-fewshot              its data sets, methods, shots, seeds and settings
+  out: runs/biomedcoop-fewshot            (name, title, out and set are allowed beside it;
+                                           set / --set put runs off the recipe, and report
+                                           --compare marks them)
+
 examples:
   medadapt bench configs/bench/synth-smoke.yaml
+  medadapt bench --recipe biomedcoop-fewshot --data-root DATA
   medadapt bench configs/bench/synth-fewshot.yaml --out runs/fs --set train.epochs=5 --dry-run
   CUDA_VISIBLE_DEVICES=1 medadapt bench grid.yaml --shard 1/2      (second half on GPU 1)
   accelerate launch --num_processes 4 -m medadapt bench grid.yaml  (one shard per GPU)
@@ -63,23 +70,42 @@ def _cmd_bench(args) -> int:
         if not root.is_dir():
             raise UserError(f"--data-root: folder not found: {root}")
         os.environ["MEDADAPT_DATA"] = str(root.resolve())
-    grid_path = Path(args.grid)
-    grid = load_grid(grid_path)
-    out = args.out or grid.get("out")
+    if bool(args.grid) == bool(args.recipe):
+        raise UserError("give a grid file (GRID.yaml) or --recipe NAME (see `medadapt recipes`), "
+                        "one of the two")
+    if args.recipe:
+        grid_path, grid = None, {"recipe": args.recipe}
+    else:
+        grid_path = Path(args.grid)
+        grid = load_grid(grid_path)
+    recipe = None
+    if grid.get("recipe"):
+        from medadapt.report.bench import expand_recipe
+        runs, recipe = expand_recipe(grid, args.set, args.backbone)
+        stem = recipe.name
+    else:
+        if args.backbone:
+            raise UserError("--backbone goes with a recipe; a grid file names its backbones")
+        runs = expand_grid(grid, grid_path.resolve().parent, args.set)
+        stem = grid_path.stem
+    out = args.out or grid.get("out") or (recipe.data.get("out") if recipe else None)
     if not out:
         raise UserError("give --out DIR (or 'out:' in the grid file)")
-    runs = expand_grid(grid, grid_path.resolve().parent, args.set)
     validate(runs)
     shard = parse_shard(args.shard)
-    info = {"grid": str(grid_path), "name": grid.get("name") or grid_path.stem,
-            "title": grid.get("title") or grid.get("name") or grid_path.stem,
+    info = {"grid": str(grid_path) if grid_path else None, "name": grid.get("name") or stem,
+            "title": grid.get("title") or grid.get("name") or (recipe.title if recipe else stem),
             "n_runs": len(runs), "set": list(args.set)}
+    if recipe is not None:
+        info.update(recipe=recipe.name, backbone_override=args.backbone)
     def write_grid_copy():  # once every check has passed, before the first run
         import yaml
         Path(out).mkdir(parents=True, exist_ok=True)
         gp = Path(out) / "grid.yaml"
         tmp = gp.with_name(f"grid.yaml.tmp{os.getpid()}")
-        tmp.write_text(yaml.safe_dump({**grid, "cli_set": list(args.set)}, sort_keys=False))
+        tmp.write_text(yaml.safe_dump({**grid, "cli_set": list(args.set),
+                                       **({"cli_backbone": args.backbone} if args.backbone else {})},
+                                      sort_keys=False))
         tmp.replace(gp)
     res = run_bench(runs, out, grid_info=info, only=args.only, shard=shard,
                     retry_failed=not args.skip_failed, rerun_changed=args.rerun_changed,
@@ -106,6 +132,13 @@ def _cmd_report(args) -> int:
         res = write_comparison(args.runs_dir, args.compare, out=args.out)
         for t in res["tables"]:
             print(f"compare {t['table']}: {t['markdown']}" + (f", plot {t['plot']}" if t["plot"] else ""))
+            rec = t["result"].get("recipe") or {}
+            if rec.get("recipe"):
+                off = len(rec["off_runs"])
+                print(f"  recipe {rec['recipe']}: {rec['on']} run folder(s) follow it"
+                      + (f", {off} off it (marked † in the table)" if off else ""))
+            else:
+                print("  no recipe ships for this table: settings not checked against the authors'")
         print(f"all tables: {res['out']}/compare.md")
         return 0
     from medadapt.report.report import build_report
@@ -121,14 +154,22 @@ def _cmd_report(args) -> int:
 
 def add_parser(subparsers) -> None:
     b = subparsers.add_parser(
-        "bench", help="run an experiment grid (backbones x data sets x methods x shots x seeds)",
+        "bench", help="run an experiment grid (backbones x data sets x methods x shots x seeds) or "
+                  "a published suite (--recipe)",
         formatter_class=_Fmt, epilog=BENCH_EPILOG,
         description="Expand a grid YAML into run folders and run them in one process through the "
                     "same engine as `medadapt fit`, sharing the feature cache and the loaded "
                     "backbone. Runs already complete are skipped, partial ones resumed; a failing "
                     "run is recorded and the grid goes on. Ctrl-C stops cleanly; run the same "
                     "command again to resume.")
-    b.add_argument("grid", metavar="GRID.yaml", help="grid file (see below and configs/bench/)")
+    b.add_argument("grid", metavar="GRID.yaml", nargs="?", default=None,
+                   help="grid file (see below and configs/bench/); or give --recipe")
+    b.add_argument("--recipe", default=None, metavar="NAME",
+                   help="run a published suite as its authors ran it (`medadapt recipes` lists "
+                        "them; a grid file with 'recipe: NAME' does the same) (default: none)")
+    b.add_argument("--backbone", default=None, metavar="SPEC",
+                   help="with a recipe: run it on this backbone instead of the recipe's (e.g. a "
+                        "stand-in); report --compare notes the difference (default: the recipe's)")
     b.add_argument("--out", default=None,
                    help="output folder for the run folders and the index (default: the grid's "
                         "'out:', relative to the working directory)")

@@ -27,13 +27,21 @@ budget), in %, with the seed standard deviation; the ``mean`` data set averages 
 the table that have runs, seed by seed, and says how many of them it covers. Data sets without
 runs are listed with the reason (the bench's recorded error, e.g. the folder it expected), never
 as zeros; a partial suite gives a partial table.
+
+Recipes (:mod:`medadapt.recipes`): the comparison is held to the recipe the runs name
+(``config.yaml`` ``recipe:``), else to a shipped recipe that reproduces the table. Every run is
+recomputed through that recipe and diffed against its ``config.yaml``; a run that differs (or was
+not made from the recipe) is marked † in the table and listed with the keys that differ, so an
+off-recipe number is never put silently beside a published one. Where runs train every seed on one
+seed's images (``data.sample_seed``) the report says that their ± measures augmentation and
+initialisation only.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -99,6 +107,7 @@ class Cell:
     std: float | None  # over seeds, %
     n_seeds: int = 0
     note: str = ""
+    off: list = field(default_factory=list)  # why the runs behind this cell are off the recipe
 
     @property
     def diff(self) -> float | None:
@@ -174,6 +183,7 @@ def compare(runs_dir: str | Path, table: dict | str | Path) -> dict:
     for r in runs:
         if r.fraction is None:
             by[(r.label, r.dataset, int(r.shots or 0))] = r
+    rec = recipe_check(runs, t)
     table_ds = list(t.get("datasets") or [])
     present = sorted({r.dataset for r in runs})
     missing = {d: fails.get(("*", d), "no runs") for d in table_ds
@@ -189,11 +199,67 @@ def compare(runs_dir: str | Path, table: dict | str | Path) -> dict:
             ds_rows.setdefault(row["row"], []).append(ds)
             for col, pv in zip(t["columns"], paper_vals):
                 key, ks = _budget_of(col, t)
-                cells[(row["row"], ds, col)] = _ours(by, label, ds, key, ks, table_ds, fails,
-                                                     None if pv is None else float(pv))
+                cell = _ours(by, label, ds, key, ks, table_ds, fails,
+                             None if pv is None else float(pv))
+                if rec["recipe"] and cell.ours is not None:
+                    members = [d for d in table_ds if d != "mean"] if ds == "mean" else [ds]
+                    off = sorted({why for d in members for k in ks
+                                  for why in rec["off"].get((label, d, k), [])})
+                    cell.off = off
+                cells[(row["row"], ds, col)] = cell
     return {"table": t, "cells": cells, "rows": ds_rows, "missing": missing, "notes": notes,
             "runs_dir": str(root), "n_runs": len(runs),
-            "backbones": sorted({r.backbone for r in runs})}
+            "backbones": sorted({r.backbone for r in runs}), "recipe": rec}
+
+
+def recipe_check(runs, table: dict) -> dict:
+    """Which recipe the comparison is held to and, per run, where it is off that recipe.
+
+    The recipe is the one the runs name (``config.yaml`` ``recipe:``), else a shipped recipe that
+    reproduces the table. Every run is recomputed through the recipe and diffed against its
+    ``config.yaml``; runs not made from the recipe are off it. Returns ``{"recipe": name | None,
+    "title", "candidates", "off": {(label, data set, K): [reasons]}, "off_runs": {rel: reasons},
+    "on": n, "sample_seed": {label: seed}, "notes": [...]}``."""
+    from medadapt.errors import UserError
+    from medadapt.recipes import for_table, load_recipe
+    candidates = for_table(table["name"]) if table.get("name") else []
+    named = sorted({r.cfg.get("recipe") for r in runs if r.cfg.get("recipe")})
+    notes = []
+    name = None
+    if named:
+        fit = [n for n in named if n in candidates]
+        name = (fit or named)[0]
+        if len(named) > 1:
+            notes.append(f"runs of several recipes ({', '.join(named)}); held to {name}")
+    elif candidates:
+        name = candidates[0]
+    out = {"recipe": name, "title": None, "candidates": candidates, "off": {}, "off_runs": {},
+           "on": 0, "sample_seed": {}, "notes": notes}
+    for r in runs:
+        ss = (r.cfg.get("data") or {}).get("sample_seed")
+        if ss is not None:
+            out["sample_seed"][r.label] = ss
+    if name is None:
+        return out
+    try:
+        recipe = load_recipe(name)
+    except UserError as e:
+        notes.append(f"recipe {name} cannot be loaded ({e}); every run is marked off-recipe")
+        recipe = None
+    out["title"] = recipe.title if recipe else None
+    if recipe is not None and name not in candidates and candidates:
+        notes.append(f"the runs follow recipe {name}, which does not reproduce this table "
+                     f"(its recipe: {', '.join(candidates)})")
+    for r in runs:
+        if r.fraction is not None:
+            continue
+        why = recipe.off_recipe(r.cfg, r.dataset, r.method) if recipe else ["recipe not loaded"]
+        if why:
+            out["off"][(r.label, r.dataset, int(r.shots or 0))] = why
+            out["off_runs"][r.rel] = why
+        else:
+            out["on"] += 1
+    return out
 
 
 def _ours(by, label, ds, key, shots, table_ds, fails, paper) -> Cell:
@@ -243,6 +309,7 @@ def to_markdown(res: dict) -> str:
             f"backbone {', '.join(res['backbones']) or '–'}"
             + (f"; the paper's: {t['backbone']}" if t.get("backbone") else "") + "). Cells: "
             "paper / ours ± std over seeds / difference (ours − paper), in %.", ""]
+    head += _recipe_lines(res)
     cols = t["columns"]
     lines = ["| row | data set | " + " | ".join(cols) + " |",
              "|---|---|" + "---|" * len(cols)]
@@ -253,7 +320,8 @@ def to_markdown(res: dict) -> str:
             parts = []
             for col in cols:
                 c = res["cells"][(row["row"], ds, col)]
-                ours = "–" if c.ours is None else f"{c.ours:.2f} ± {c.std:.2f}"
+                ours = "–" if c.ours is None else f"{c.ours:.2f} ± {c.std:.2f}" + (
+                    " †" if c.off else "")
                 parts.append(f"{_fmt(c.paper)} / {ours} / {_fmt(c.diff, sign=True)}")
                 if c.note and c.note not in notes:
                     notes.append(c.note)
@@ -274,19 +342,54 @@ def to_markdown(res: dict) -> str:
     return "\n".join(out)
 
 
+def _recipe_lines(res: dict) -> list[str]:
+    """What the comparison is held to: the recipe, the runs off it (marked † in the table), and
+    what a ± measures where all seeds train on one seed's images."""
+    rec = res.get("recipe") or {}
+    out = []
+    if not rec.get("recipe"):
+        out += ["Recipe: none ships for this table, so the runs' settings are not checked against "
+                "the authors' (a difference may come from another experiment, not the method).", ""]
+    else:
+        n_off = len(rec["off_runs"])
+        out += [f"Recipe: `{rec['recipe']}`" + (f" ({rec['title']})" if rec.get("title") else "")
+                + f" — {rec['on']} run folder(s) follow it, {n_off} are off it"
+                + (" (marked †: their number is not the published experiment)" if n_off else "")
+                + f". `medadapt recipes {rec['recipe']}` shows what it runs.", ""]
+        if n_off:
+            out.append("Off the recipe (run folder: where its config.yaml differs from the recipe):")
+            items = sorted(rec["off_runs"].items())
+            for rel, why in items[:20]:
+                out.append(f"- {rel}: {', '.join(why[:8])}{' ...' if len(why) > 8 else ''}")
+            if len(items) > 20:
+                out.append(f"- ... and {len(items) - 20} more (compare_{res['table']['name']}.csv)")
+            out.append("")
+        for n in rec.get("notes") or []:
+            out += [f"Note: {n}", ""]
+    if rec.get("sample_seed"):
+        labels = ", ".join(sorted(rec["sample_seed"]))
+        seeds = ", ".join(str(s) for s in sorted(set(rec["sample_seed"].values())))
+        out += [f"± of {labels}: every seed trains on the same few-shot images (those of seed "
+                f"{seeds}, data.sample_seed, as the authors ran them), so their ± measures "
+                "augmentation and initialisation only, not the choice of images.", ""]
+    return out
+
+
 def write_csv(res: dict, path: Path) -> None:
     t = res["table"]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["paper", "table", "row", "method", "dataset", "column", "paper_value",
-                    "ours_mean", "ours_std", "n_seeds", "difference", "note", "citation"])
+                    "ours_mean", "ours_std", "n_seeds", "difference", "note", "citation",
+                    "recipe", "off_recipe"])
         for row in t["rows"]:
             for ds in res["rows"].get(row["row"], []):
                 for col in t["columns"]:
                     c = res["cells"][(row["row"], ds, col)]
                     w.writerow([t["paper"], t.get("table", t["name"]), row["row"], row["method"],
                                 ds, col, c.paper, c.ours, c.std, c.n_seeds, c.diff, c.note,
-                                t["citation"]])
+                                t["citation"], (res.get("recipe") or {}).get("recipe") or "",
+                                "; ".join(c.off)])
 
 
 def plot(res: dict, path: Path) -> Path | None:
@@ -340,11 +443,17 @@ def write_comparison(runs_dir: str | Path, tables: list[str], out: str | Path | 
         (out / f"compare_{key}.md").write_text(md + "\n", encoding="utf-8")
         write_csv(res, out / f"compare_{key}.csv")
         js = [{"row": k[0], "dataset": k[1], "column": k[2], "paper": c.paper, "ours": c.ours,
-               "std": c.std, "n_seeds": c.n_seeds, "difference": c.diff, "note": c.note}
+               "std": c.std, "n_seeds": c.n_seeds, "difference": c.diff, "note": c.note,
+               "off_recipe": c.off}
               for k, c in res["cells"].items()]
+        rec = res.get("recipe") or {}
         (out / f"compare_{key}.json").write_text(json.dumps(
             {"table": {k: v for k, v in res["table"].items() if not k.startswith("_")},
-             "missing": res["missing"], "cells": js}, indent=1), encoding="utf-8")
+             "missing": res["missing"], "cells": js,
+             "recipe": {"name": rec.get("recipe"), "runs_on": rec.get("on", 0),
+                        "runs_off": rec.get("off_runs", {}),
+                        "sample_seed": rec.get("sample_seed", {})}}, indent=1),
+            encoding="utf-8")
         png = plot(res, out / f"compare_{key}.png")
         written.append({"table": key, "markdown": str(out / f"compare_{key}.md"),
                         "plot": str(png) if png else None, "result": res})
