@@ -10,7 +10,7 @@ import json
 import pytest
 
 from medadapt.cli import main
-from medadapt.engine.runner import resolve
+from medadapt.engine.resolve import resolve
 from medadapt.errors import UserError
 from medadapt.methods import METHODS, load_all
 from medadapt.recipes import available, for_table, load_recipe

@@ -222,7 +222,7 @@ class Recipe:
         """Keys where a run's resolved ``config.yaml`` differs from what this recipe resolves to
         for the same data set, protocol, method and K ([] = on the recipe). The backbone is not
         compared here (``report --compare`` reports it on its own)."""
-        from medadapt.engine.runner import resolve
+        from medadapt.engine.resolve import resolve
         from medadapt.report.bench import config_diff
         name = method or (stored.get("method") or {}).get("name")
         proto = stored.get("protocol", "few-shot")

@@ -79,7 +79,7 @@ def format_recipe_method(method: str, recipe: str, dataset: str, shots: int | No
                          protocol: str | None) -> str:
     """Every resolved value of one run of a recipe with where it comes from: the recipe's
     source, else the method's own default and its source."""
-    from medadapt.engine.runner import resolve
+    from medadapt.engine.resolve import resolve
     from medadapt.methods import get_method
     from medadapt.methods._defaults_doc import RUN_KEYS, rows
     from medadapt.recipes import load_recipe
