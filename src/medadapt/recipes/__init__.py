@@ -194,7 +194,7 @@ class Recipe:
     def config(self, method: str, dataset: str, protocol: str, shots: int,
                backbone: str | None = None) -> dict:
         """The (unresolved) run config of one run of the recipe, as ``medadapt fit`` takes it."""
-        from medadapt.report.bench import apply_overrides
+        from medadapt.engine.grid import apply_overrides
         m = self.method(method)
         d = self.dataset(dataset)
         cfg = {"recipe": self.name, "backbone": backbone or self.backbones[0]["spec"],
@@ -205,9 +205,9 @@ class Recipe:
         return apply_overrides(cfg, {k: v for k, (v, _) in values.items()})
 
     def runs(self, sets: list[str] | None = None, backbone: str | None = None) -> list:
-        """Every run of the recipe as a bench :class:`~medadapt.report.bench.RunSpec`."""
+        """Every run of the recipe as a bench :class:`~medadapt.engine.grid.RunSpec`."""
         from medadapt.config import apply_sets
-        from medadapt.report.bench import RunSpec, backbone_label
+        from medadapt.engine.grid import RunSpec, backbone_label
         specs = [backbone] if backbone else [b["spec"] for b in self.backbones]
         out = []
         for bb in specs:
@@ -223,7 +223,7 @@ class Recipe:
         for the same data set, protocol, method and K ([] = on the recipe). The backbone is not
         compared here (``report --compare`` reports it on its own)."""
         from medadapt.engine.resolve import resolve
-        from medadapt.report.bench import config_diff
+        from medadapt.engine.grid import config_diff
         name = method or (stored.get("method") or {}).get("name")
         proto = stored.get("protocol", "few-shot")
         if stored.get("recipe") != self.name:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medadapt.report.bench import slug
+from medadapt.engine.grid import slug
 from medadapt.report.runs import HEADLINE, PROTOCOL_TITLE, Run, budget_text
 from medadapt.report.tables import Stat, _ordered, seed_values, stat
 

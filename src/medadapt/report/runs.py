@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from medadapt.errors import UserError
-from medadapt.report.bench import INDEX, backbone_label, dataset_label
+from medadapt.engine.grid import backbone_label, dataset_label
+from medadapt.report.bench import INDEX
 
 
 METRIC_SHORT = {"accuracy": "Acc", "balanced_accuracy": "BAcc", "macro_f1": "F1", "auc": "AUC"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medadapt.report.bench import slug
+from medadapt.engine.grid import slug
 from medadapt.report.runs import METRIC_SHORT, PROTOCOL_TITLE, Run, budget_text
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medadapt.errors import UserError
-from medadapt.report.bench import slug
+from medadapt.engine.grid import slug
 from medadapt.report.figures import _choose, _class_names, _figure, _save
 from medadapt.report.runs import PROTOCOL_TITLE, Run, budget_text
 from medadapt.report.tables import _ordered
