@@ -220,7 +220,10 @@ class Run:
         self._classes = cls
         self.results: list[dict] = [_read_json(d / "results.json", "results.json")
                                     for d in self._seed_dirs]
-        self._model = None  # (seed dir, backbone, method) of a single-seed run, loaded once
+        # seed dir -> (seed dir, backbone, method), loaded on first predict and kept (one backbone
+        # per seed); ``keep_models = False`` loads them per call instead, ``unload()`` frees them
+        self._loaded: dict = {}
+        self.keep_models = True
         self._dataset = None
 
     # ---- what the run is ----------------------------------------------------------------------
@@ -258,20 +261,24 @@ class Run:
 
     # ---- predict ------------------------------------------------------------------------------
     def _models(self, seed: int | None):
-        """Yield (seed dir, backbone, method) for the seeds used; a single-seed model is kept."""
+        """Yield (seed dir, backbone, method) for the seeds used."""
         from medadapt.engine.evaluate import load_run as _load
         from medadapt.engine.predict import predict_seed_dirs
         dirs = predict_seed_dirs(self.path, seed)
         for d in dirs:
-            if self._model is not None and self._model[0] == d:
-                yield self._model
+            if d in self._loaded:
+                yield self._loaded[d]
                 continue
             _, _, backbone, method, _ = _load(self.path, d, device=self.device)
             entry = (d, backbone, method)
-            if len(self._seed_dirs) == 1:
-                self._model = entry
+            if self.keep_models:
+                self._loaded[d] = entry
             yield entry
             del entry, backbone, method
+
+    def unload(self) -> None:
+        """Free the models :meth:`predict` keeps (one backbone + method per seed)."""
+        self._loaded.clear()
 
     def predict(self, inputs, batch_size: int = 32, seed: int | None = None,
                 skip_bad: bool = False, progress: bool = False) -> Prediction:
