@@ -282,7 +282,7 @@ def model_card(cfg: dict, results: list[dict], summary: dict | None, repo: str,
     front.append("---")
     lines = front + [
         "", f"# {repo.split('/')[-1]}: {method} on {bb}", "",
-        f"A few-shot adaptation trained with [medadapt](https://pypi.org/project/medadapt/) "
+        f"A few-shot adaptation trained with medadapt "
         f"{medadapt.__version__}. Only the learned parameters are stored here "
         "(`params.safetensors`); the frozen backbone comes from its own source.", "",
         "| | |", "|---|---|",
