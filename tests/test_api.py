@@ -183,3 +183,26 @@ def test_import_medadapt_is_light():
             "assert callable(medadapt.fit) and medadapt.Run.__name__ == 'Run'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_scale_concepts_come_back_from_predict(tmp_path):
+    """SCALE's concept output: Prediction.extras holds what `medadapt predict` writes as columns."""
+    from pathlib import Path
+
+    from test_scale_fixtures import concept_csv
+    data_csv = concept_csv(str(tmp_path / "scale-data"))
+    root = Path(data_csv).parent
+    run = medadapt.fit(backbone="tiny-hf-clip", dataset=f"csv:{data_csv}", method="scale",
+                       shots=4, out=tmp_path / "scale", quiet=True, progress=False,
+                       settings={"train.epochs": 40, "train.lr": 0.03, "method.alpha": 0.5,
+                                 "method.lambdas": [1, 1, 0.1, 0.1], "train.checkpoint": False,
+                                 "data.augment_views": 0,
+                                 "method.hierarchy": str(root / "hierarchy.yaml")})
+    files = [str(root / "test" / "ADI_1.png"), str(root / "test" / "TUM_2.png")]
+    pred = run.predict(files)
+    assert pred.predictions == ["adipose", "tumor"]
+    assert pred.extras[0]["why"] == "fat vacuoles -> adipose"
+    out = run.predict_csv(files, tmp_path / "p.csv")
+    rows = list(csv.DictReader(out.open()))
+    for row, ex in zip(rows, pred.extras):
+        assert ex and all(row[k] == str(v) for k, v in ex.items())
