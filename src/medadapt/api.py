@@ -163,9 +163,10 @@ def fit(backbone: str | None = None, dataset=None, method: str | None = None,
             cfg["dataset"] = ds.meta.get("spec") or ds.name
         else:
             cfg["dataset"] = _spec_of(dataset)
-    Runner(cfg, out, overwrite=overwrite, resume=resume, quiet=quiet, progress=progress,
-           dataset=ds, log=log, log_name=log_name).run()
-    run = Run(Path(os.path.abspath(out)))
+    runner = Runner(cfg, out, overwrite=overwrite, resume=resume, quiet=quiet, progress=progress,
+                    dataset=ds, log=log, log_name=log_name)
+    runner.run()
+    run = Run(runner.out)  # absolute, taken before the run (``--out .`` may replace the cwd)
     run._dataset = ds
     return run
 
