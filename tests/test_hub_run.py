@@ -4,7 +4,6 @@ HF_HUB_OFFLINE=1 and predicts exactly as the local run; a missing backbone or re
 line; a real push hands huggingface_hub that same folder."""
 import csv
 import json
-import shutil
 import socket
 
 import numpy as np
@@ -43,11 +42,23 @@ def local_run(tmp_path_factory):
 
 
 def hub_layout(cache, repo, folder, sha=SHA):
+    """huggingface_hub's cache layout: files in blobs/<hash>, snapshots/<sha>/ holds relative
+    symlinks to them, refs/main names the snapshot."""
+    import hashlib
+    import os
     base = cache / ("models--" + repo.replace("/", "--"))
-    shutil.copytree(folder, base / "snapshots" / sha)
+    snap = base / "snapshots" / sha
+    (base / "blobs").mkdir(parents=True, exist_ok=True)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        blob = base / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snap / f.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
     (base / "refs").mkdir(parents=True, exist_ok=True)
     (base / "refs" / "main").write_text(sha)
-    return base / "snapshots" / sha
+    return snap
 
 
 @pytest.fixture
@@ -135,6 +146,7 @@ def test_missing_repo_and_missing_backbone_are_one_line(local_run, tmp_path, off
     snap = hub_layout(offline_hub, "my-lab/plip-run", folder)
     cfg = yaml.safe_load((snap / "config.yaml").read_text())
     cfg["backbone"] = "plip"  # registered, not in this (empty) cache
+    (snap / "config.yaml").unlink()  # a symlink into blobs/
     (snap / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert run_cli("predict", "--run", "hf://my-lab/plip-run", str(local_run["data"])) == 2
     err = capsys.readouterr().err.strip().splitlines()
