@@ -206,3 +206,13 @@ def test_scale_concepts_come_back_from_predict(tmp_path):
     rows = list(csv.DictReader(out.open()))
     for row, ex in zip(rows, pred.extras):
         assert ex and all(row[k] == str(v) for k, v in ex.items())
+
+
+def test_load_backbone_encodes():
+    import torch
+    bb = medadapt.load_backbone("tiny-hf-clip", device="cpu")
+    x = bb.preprocess(Image.fromarray(images(1)[0][0]))
+    f = bb.encode_image(x[None], normalize=True)
+    assert f.shape[0] == 1 and torch.allclose(f.norm(dim=-1), torch.ones(1), atol=1e-5)
+    with pytest.raises(UserError, match="valid"):
+        medadapt.load_backbone("no-such-backbone")
