@@ -88,6 +88,7 @@ def test_dry_run_folder_and_model_card(local_run, tmp_path, capsys):
                      "summary.json"]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["dataset"] == "folder:tiles"  # no local path on the Hub
+    assert "/" not in json.dumps({k: v for k, v in cfg.items() if k != "backbone"})
     assert str(local_run["data"]) not in (out / "seed1" / "results.json").read_text()
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: medadapt\nlicense: other\n")

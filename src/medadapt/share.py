@@ -149,17 +149,21 @@ def _redact(spec: str) -> str:
     return spec
 
 
+def _strip_paths(v):
+    """Absolute file paths in settings (a split file, a descriptions file, SCALE's hierarchy)
+    -> their file name: what they held travels in classes.json / params.safetensors."""
+    if isinstance(v, dict):
+        return {k: _strip_paths(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_strip_paths(x) for x in v]
+    if isinstance(v, str) and (os.path.isabs(v) or v.startswith("~")):
+        return Path(v).name
+    return v
+
+
 def _public_config(cfg: dict) -> dict:
-    out = dict(cfg)
+    out = {k: (v if k in ("backbone", "dataset") else _strip_paths(v)) for k, v in cfg.items()}
     out["dataset"] = _redact(cfg.get("dataset"))
-    data = dict(out.get("data") or {})
-    if isinstance(data.get("split_file"), str):
-        data["split_file"] = Path(data["split_file"]).name
-    out["data"] = data
-    texts = dict(out.get("texts") or {})
-    if isinstance(texts.get("descriptions"), str) and os.sep in texts["descriptions"]:
-        texts["descriptions"] = Path(texts["descriptions"]).name  # classes.json holds them
-    out["texts"] = texts
     return out
 
 
@@ -178,6 +182,13 @@ def stage_run(run: Path, dest: Path, repo: str) -> list[str]:
     from medadapt.engine.predict import predict_seed_dirs
     dirs = predict_seed_dirs(run)  # one-line errors for a missing or unfinished run
     cfg = load_yaml(run / "config.yaml")
+    from medadapt.backbones import BACKBONES
+    bb = str(cfg.get("backbone"))
+    if bb not in BACKBONES and (os.path.isabs(bb) or bb.startswith((".", "~")) or os.sep in
+                                bb.partition(":")[2] and not _REPO.match(bb.partition(":")[2])):
+        import sys
+        print(f"medadapt: warning: {run} was trained on the local backbone folder {bb}; whoever "
+              "loads the pushed run needs that same model folder", file=sys.stderr)
     wanted = cfg.get("seeds") or []
     if len(wanted) > len(dirs):
         raise UserError(f"{run}: only {len(dirs)} of {len(wanted)} seeds are finished; finish the "
