@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 
 # Idle OpenMP threads spin by default; on a loaded or small machine that makes 2 threads slower
 # than 1 (measured: 66 vs 486 images/s). Passive waiting keeps multi-threading a gain.
@@ -159,13 +160,13 @@ def _fit_config(args) -> dict:
 
 
 def _cmd_fit(args) -> int:
-    from medadapt.engine.runner import Runner
+    from medadapt import api
     if args.overwrite and args.resume:
         raise UserError("--overwrite and --resume exclude each other")
     cfg = _fit_config(args)
-    res = Runner(cfg, args.out, overwrite=args.overwrite, resume=args.resume, quiet=args.quiet,
-                 progress=not args.quiet).run()
-    rs = res["results"]
+    run = api.fit(config=cfg, out=args.out, overwrite=args.overwrite, resume=args.resume,
+                  quiet=args.quiet, progress=not args.quiet, log=args.log)
+    rs = run.results
     for r in rs:
         m = r["metrics"]
         extra = f"  HM {r['hm']:.4f}" if r.get("hm") is not None else ""
@@ -175,13 +176,15 @@ def _cmd_fit(args) -> int:
         import numpy as np
         acc = [r["metrics"]["accuracy"] for r in rs]
         print(f"mean accuracy {np.mean(acc):.4f} ± {np.std(acc):.4f} over {len(rs)} seeds")
-    print(f"run folder: {res['out']}")
+    print(f"run folder: {run.path}")
+    if args.log and "tensorboard" in args.log:
+        print(f"tensorboard --logdir {run.path / 'tensorboard'}")
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from medadapt.engine.evaluate import evaluate_run
-    out = evaluate_run(args.run, args.dataset, progress=not args.quiet)
+    from medadapt import api
+    out = api.load_run(args.run).evaluate(args.dataset, progress=not args.quiet)
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "n")
     if len(out["seeds"]) == 1:
         m = out["metrics"]
@@ -201,11 +204,24 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from medadapt.engine.predict import predict_paths
-    out = predict_paths(args.run, args.inputs, args.out, batch_size=args.batch_size,
-                        skip_bad=args.skip_bad, progress=not args.quiet,
-                        max_image_pixels=args.max_image_pixels, seed=args.seed)
+    from medadapt import api
+    out = api.load_run(args.run).predict_csv(args.inputs, args.out, batch_size=args.batch_size,
+                                             skip_bad=args.skip_bad, progress=not args.quiet,
+                                             max_image_pixels=args.max_image_pixels,
+                                             seed=args.seed)
     print(f"wrote {out}")
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from medadapt import api
+    where = api.push(args.run, args.repo, dry_run=args.dry_run, private=args.private)
+    if args.dry_run:
+        files = sorted(str(p.relative_to(where)) for p in Path(where).rglob("*") if p.is_file())
+        print(f"wrote {where} ({len(files)} files: {', '.join(files)}); nothing was uploaded")
+    else:
+        print(f"pushed to {where}; load it with medadapt.load_run(\"hf://{args.repo}\") or "
+              f"medadapt predict --run hf://{args.repo} IMAGES")
     return 0
 
 
@@ -282,19 +298,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true",
                    help="continue an interrupted run folder (finished seeds are kept)")
     f.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    from medadapt.engine.trackers import add_log_option
+    add_log_option(f)
     f.set_defaults(func=_cmd_fit)
 
     e = sub.add_parser("eval", help="evaluate a finished run on its test split or another data set",
                        formatter_class=_Fmt)
-    e.add_argument("--run", required=True, help="run folder written by `medadapt fit` (required)")
+    e.add_argument("--run", required=True, help="run folder written by `medadapt fit`, or "
+                   "hf://ORG/NAME[@REVISION] (a pushed run, read through the Hugging Face cache) "
+                   "(required)")
     e.add_argument("--dataset", default=None, help="data set spec (default: the run's)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="class probabilities for images -> CSV", formatter_class=_Fmt)
-    pr.add_argument("--run", required=True, help="run folder written by `medadapt fit` (required)")
+    pr.add_argument("--run", required=True, help="run folder written by `medadapt fit`, or "
+                    "hf://ORG/NAME[@REVISION] (a pushed run, read through the Hugging Face cache) "
+                    "(required)")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
-    pr.add_argument("--out", default=None, help="CSV to write (default: RUN/predictions.csv); "
+    pr.add_argument("--out", default=None, help="CSV to write (default: RUN/predictions.csv; "
+                    "./predictions.csv for an hf:// run); "
                     "written to a temporary file and renamed into place when complete")
     pr.add_argument("--batch-size", type=_positive_int, default=32,
                     help="images decoded and encoded at a time (memory is flat in the number of "
@@ -310,6 +333,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "seed's model, writing the mean of their probabilities)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
+
+    pu = sub.add_parser(
+        "push", help="share a run on the Hugging Face Hub (learned parameters, config, classes, "
+                     "model card)", formatter_class=_Fmt,
+        description="Upload a finished run to the Hugging Face Hub: params.safetensors per seed, "
+                    "the resolved config.yaml, classes.json, results and a model card README.md "
+                    "(backbone and its licence, data set, method and its paper, shots, seeds, "
+                    "metrics, how to load it). Local data paths are reduced to their last "
+                    "component; fewshot.json and log.txt are not uploaded. Load it back with "
+                    "medadapt.load_run('hf://ORG/NAME') or --run hf://ORG/NAME.",
+        epilog="examples:\n  medadapt push runs/coop --repo my-lab/plip-coop-kather --dry-run "
+               "/tmp/card\n  medadapt push runs/coop --repo my-lab/plip-coop-kather --private")
+    pu.add_argument("run", metavar="RUN", help="run folder written by `medadapt fit`")
+    pu.add_argument("--repo", required=True, help="Hugging Face repository ORG/NAME (created if "
+                    "missing; needs `hf auth login` or HF_TOKEN) (required)")
+    pu.add_argument("--dry-run", metavar="DIR", default=None,
+                    help="write the folder that would be uploaded into DIR (new or empty) and "
+                         "upload nothing (default: upload)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.set_defaults(func=_cmd_push)
 
     for mod in PLUGINS:
         try:

@@ -42,6 +42,15 @@ WEIGHTS = "pytorch_model.bin"
 HUB_REPO = "MahmoodLab/conch"
 TOKENIZER_URL = ("https://github.com/mahmoodlab/CONCH/blob/main/conch/open_clip_custom/tokenizers/"
                  "conch_byte_level_bpe_uncased.json")
+# The tokenizer file is fetched once from a pinned commit of github.com/mahmoodlab/CONCH (main at
+# 141cc09, 2025-03-25; the file itself last changed in e9c9e5b, 2024-03-19) into medadapt's cache,
+# checked against its sha256: CONCH's licence (CC-BY-NC-ND 4.0) does not let medadapt ship it.
+TOKENIZER_COMMIT = "141cc09c7d4ff33d8eda562bd75169b457f71a62"
+TOKENIZER_REPO_PATH = "conch/open_clip_custom/tokenizers/conch_byte_level_bpe_uncased.json"
+TOKENIZER_SHA256 = "a3861e67c64d32670eb6725a8e52d7dbdd2a06646a4a3c7463052ae7110760fb"
+TOKENIZER_BYTES = 1388969
+TOKENIZER_RAW_URL = (f"https://raw.githubusercontent.com/mahmoodlab/CONCH/{TOKENIZER_COMMIT}/"
+                     f"{TOKENIZER_REPO_PATH}")
 
 # conch_ViT-B-16.json (published), plus the defaults of CoCaVisionCfg / CLIPTextCfg it relies on
 PUBLISHED_CONFIG = {
@@ -278,8 +287,63 @@ def read_state_dict(path) -> dict:
     return sd
 
 
+def cached_tokenizer_path() -> Path:
+    """Where the fetched tokenizer file lives: ``$MEDADAPT_CACHE/conch/<commit>/<file>``."""
+    from medadapt.paths import cache_home
+    return cache_home() / "conch" / TOKENIZER_COMMIT[:12] / TOKENIZER_FILES[1]
+
+
+def _download(url: str, limit: int) -> bytes:
+    """The bytes at ``url`` (at most ``limit + 1`` are read); network errors propagate."""
+    import urllib.request
+    req = urllib.request.Request(url, headers={"User-Agent": "medadapt"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.read(limit + 1)
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+def fetch_tokenizer() -> Path | None:
+    """The tokenizer file from medadapt's cache, fetched once (from the pinned commit, sha256
+    checked) when it is not there and the network is on. ``None`` offline (``HF_HUB_OFFLINE=1``)
+    or when the download fails; bytes with another sha256 are refused and nothing is cached."""
+    import os
+    dest = cached_tokenizer_path()
+    if dest.is_file():
+        if _sha256(dest.read_bytes()) == TOKENIZER_SHA256:
+            return dest
+        dest.unlink(missing_ok=True)  # damaged copy in medadapt's own cache: fetch it again
+    from medadapt.backbones.hub import offline
+    if offline():
+        return None
+    try:
+        data = _download(TOKENIZER_RAW_URL, TOKENIZER_BYTES)
+    except Exception:  # URLError, timeout, HTTP error: offline in practice
+        return None
+    got = _sha256(data)
+    if got != TOKENIZER_SHA256:
+        raise UserError(f"CONCH's tokenizer downloaded from {TOKENIZER_RAW_URL} has sha256 "
+                        f"{got[:16]}..., not the pinned {TOKENIZER_SHA256[:16]}...; refused (nothing "
+                        f"was cached); put conch_byte_level_bpe_uncased.json ({TOKENIZER_URL}) next "
+                        f"to {WEIGHTS} instead")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
 def load_tokenizer(folder: Path | None):
-    """The published tokenizer file as a transformers fast tokenizer (conch's ``get_tokenizer``)."""
+    """The published tokenizer file as a transformers fast tokenizer (conch's ``get_tokenizer``):
+    from the model folder, an installed ``conch`` package, or medadapt's cache (fetched there
+    once, see :func:`fetch_tokenizer`)."""
     from transformers import PreTrainedTokenizerFast
     candidates = [folder / n for n in TOKENIZER_FILES] if folder is not None else []
     try:  # the conch package ships the file too
@@ -287,13 +351,14 @@ def load_tokenizer(folder: Path | None):
         candidates.append(Path(_cc.__file__).parent / "tokenizers" / TOKENIZER_FILES[1])
     except Exception:
         pass
-    for f in candidates:
-        if f.is_file():
-            return PreTrainedTokenizerFast(tokenizer_file=str(f), bos_token="<start_of_text>",
-                                           eos_token="<end_of_text>", pad_token="<pad>")
+    f = next((c for c in candidates if c.is_file()), None) or fetch_tokenizer()
+    if f is not None:
+        return PreTrainedTokenizerFast(tokenizer_file=str(f), bos_token="<start_of_text>",
+                                       eos_token="<end_of_text>", pad_token="<pad>")
     raise UserError(f"CONCH's tokenizer file is missing: put conch_byte_level_bpe_uncased.json "
                     f"({TOKENIZER_URL}) next to {WEIGHTS}"
-                    + (f" in {folder}" if folder is not None else ""))
+                    + (f" in {folder}" if folder is not None else "")
+                    + " (with the network on, medadapt fetches it once into its cache)")
 
 
 def image_transform(size: int):

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 
 from medadapt.config import load_yaml
 from medadapt.data.catalog import dataset_options
+from medadapt.data.dataset import DataSet
+from medadapt.data.memory import MEMORY_PREFIX
 from medadapt.data.fewshot import base_novel_split
 from medadapt.data.sources import load_dataset
 from medadapt.data.texts import ClassTexts
@@ -87,10 +89,11 @@ def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"
     return cfg, texts, backbone, method, sdir
 
 
-def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = True,
+def evaluate_run(run: str | Path, dataset: str | DataSet | None = None, progress: bool = True,
                  quiet: bool = False) -> dict:
     """Evaluate every seed of a run; ``metrics`` is the first seed's (backward compatible),
-    ``seeds`` holds each seed's and ``summary`` the mean and std over seeds."""
+    ``seeds`` holds each seed's and ``summary`` the mean and std over seeds. ``dataset``: a spec,
+    a built :class:`DataSet` (e.g. in-memory images), or None for the run's own."""
     run = Path(run)
     if not (run / "config.yaml").exists():
         load_run(run)  # raises the one-line error
@@ -123,7 +126,13 @@ def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = T
 def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, memo: dict) -> dict:
     cfg, texts, backbone, method, sdir = load_run(run, sdir)
     seed = _read_json(sdir / "results.json", "results.json").get("seed")
-    spec = dataset or cfg["dataset"]
+    if isinstance(dataset, DataSet):
+        spec, memo[dataset.name] = dataset.name, dataset
+    else:
+        spec = dataset or cfg["dataset"]
+        if not dataset and str(spec).startswith(MEMORY_PREFIX):
+            raise UserError(f"{run} was fitted on an in-memory data set ({spec}); pass the data "
+                            "set to evaluate on (Run.evaluate(dataset), or --dataset SPEC)")
     if spec not in memo:
         memo[spec] = load_dataset(spec, **(dataset_options(cfg) if not dataset else {}))
     ds = memo[spec]
@@ -166,4 +175,4 @@ def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, m
     logits = eng.logits(method, split)
     m = classification_metrics(split.labels.numpy(), logits.numpy(), metric_names)
     return {"run": str(run), "seed_dir": str(sdir), "seed": seed,
-            "dataset": dataset or cfg["dataset"], "metrics": m}
+            "dataset": spec, "metrics": m}

@@ -97,18 +97,26 @@ def _predict_pass(method, backbone, files, batch_size, skip_bad, progress, desc,
                 errors[f] = str(e)
         probs, extras = {}, {}
         if imgs:
-            xs = torch.stack(imgs).to(backbone.device)
+            pr, ex = score_pixels(method, backbone, imgs)
             del imgs
-            if method.needs_images:
-                batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long), images=xs)
-            else:
-                batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long),
-                              features=backbone.encode_image(xs, normalize=False))
-            pr = torch.softmax(method(batch).float(), dim=-1).cpu().numpy()
-            ex = method.extra_predictions(batch).get("rows") or [{}] * len(xs)
             probs = dict(zip(ok, pr))
             extras = dict(zip(ok, ex))
         yield chunk, probs, extras, errors
+
+
+@torch.no_grad()
+def score_pixels(method, backbone, pixels: list[torch.Tensor]) -> tuple[np.ndarray, list[dict]]:
+    """Preprocessed images (the backbone's eval transform) -> class probabilities [N, C] and the
+    method's per-image extra outputs (SCALE: its top concepts; ``{}`` for other methods)."""
+    xs = torch.stack(pixels).to(backbone.device)
+    if method.needs_images:
+        batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long), images=xs)
+    else:
+        batch = Batch(labels=torch.zeros(len(xs), dtype=torch.long),
+                      features=backbone.encode_image(xs, normalize=False))
+    pr = torch.softmax(method(batch).float(), dim=-1).cpu().numpy()
+    ex = method.extra_predictions(batch).get("rows") or [{}] * len(xs)
+    return pr, list(ex)
 
 
 def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None,

@@ -36,6 +36,8 @@ RUN_FILES = frozenset({"config.yaml", "classes.json", "results.json", "summary.j
                        "checkpoint_state.pt", "bench.json"})
 _RUN_TMP = re.compile(r"^(config\.yaml\.tmp|[a-z_]+\.json\.tmp\d*|checkpoint(_state)?\.tmp)$")
 _SEED_DIR = re.compile(r"^seed\d+$")
+# folders medadapt writes into a run folder (--log tensorboard: RUN/tensorboard/seed<N>/)
+RUN_DIRS = frozenset({"tensorboard"})
 
 
 def foreign_entries(path: Path, prefix: str = "") -> list[str]:
@@ -47,6 +49,8 @@ def foreign_entries(path: Path, prefix: str = "") -> list[str]:
             out.append(prefix + e.name)
         elif e.is_dir() and _SEED_DIR.match(e.name) and not prefix:
             out += foreign_entries(e, f"{e.name}/")
+        elif e.is_dir() and e.name in RUN_DIRS and not prefix:
+            continue
         elif not (e.is_file() and (e.name in RUN_FILES or _RUN_TMP.match(e.name))):
             out.append(prefix + e.name + ("/" if e.is_dir() else ""))
     return out

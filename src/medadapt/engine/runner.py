@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 import medadapt
 from medadapt.config import dump_yaml, load_yaml
 from medadapt.data.catalog import dataset_options
+from medadapt.data.dataset import DataSet
 from medadapt.data.fewshot import (base_novel_split, fraction_subset, ids_to_indices, load_fewshot,
                                    sample_fewshot, save_fewshot)
 from medadapt.data.sources import load_dataset
@@ -43,11 +44,14 @@ from medadapt.metrics import CORE_METRICS, classification_metrics, harmonic_mean
 class Prepared:
     """Everything validated before a run folder is touched."""
 
-    def __init__(self, cfg: dict, quiet: bool = False):
+    def __init__(self, cfg: dict, quiet: bool = False, dataset: DataSet | None = None):
         self.cfg = cfg
         self.quiet = quiet
         self.method_cls: type[Method] = get_method(cfg["method"]["name"])
-        self.ds = load_dataset(cfg["dataset"], **dataset_options(cfg))
+        # an already-built data set (the Python API: in-memory images, or a DataSet loaded once)
+        # or the config's spec
+        self.ds = dataset if dataset is not None else load_dataset(cfg["dataset"],
+                                                                   **dataset_options(cfg))
         d = cfg["data"]
         self.texts = class_texts_for(cfg, self.ds, self.ds.classnames, self.method_cls.needs_descriptions)
         self.protocol = cfg["protocol"]
@@ -90,9 +94,25 @@ class Prepared:
 
 
 class Runner:
+    """``dataset``: a built :class:`DataSet` to train on instead of ``cfg["dataset"]`` (which then
+    records its spec or name, e.g. ``memory:<fingerprint>``); ``log``: experiment trackers
+    (:mod:`medadapt.engine.trackers`), one tracker run per seed named ``log_name`` (default: the
+    run folder's name)."""
+
     def __init__(self, cfg: dict, out: str | Path, overwrite: bool = False, resume: bool = False,
-                 quiet: bool = False, progress: bool = True):
+                 quiet: bool = False, progress: bool = True, dataset: DataSet | None = None,
+                 log=None, log_name: str | None = None):
+        from medadapt.engine.trackers import check_names
+        self.dataset = dataset
+        if dataset is not None:
+            if not isinstance(dataset, DataSet):
+                raise UserError(f"dataset must be a medadapt DataSet (medadapt.load_dataset), "
+                                f"got {type(dataset).__name__}")
+            cfg = dict(cfg, dataset=dataset.meta.get("spec") or dataset.name)
         self.cfg = resolve(cfg)
+        self.log = check_names(log)
+        self.log_name = log_name
+        self._tracker = None
         # absolute and normalised: `--out .` or `--out runs/..` still have a name and a parent
         # (the lock file and the --overwrite swap live beside the run folder)
         self.out = Path(os.path.abspath(out))
@@ -101,6 +121,9 @@ class Runner:
     def run(self) -> dict:
         out = self.out
         check_out_dir(out)
+        if self.log:
+            from medadapt.engine.trackers import check_available
+            check_available(self.log)
         from medadapt.data.dataset import pixel_limit
         missing = []  # parent folders this call creates (removed again if it fails)
         p = out.parent
@@ -140,7 +163,7 @@ class Runner:
                 raise UserError(f"--resume refused: {out} is not a medadapt run folder (no "
                                 "config.yaml + classes.json / results.json)")
             self._check_resume_config(out)
-        prep = Prepared(self.cfg, self.quiet)
+        prep = Prepared(self.cfg, self.quiet, dataset=self.dataset)
         check_not_data_folder(out, prep.ds)
         if exists and self.resume:
             stored = (load_yaml(out / "config.yaml").get("classnames") or None)
@@ -210,7 +233,10 @@ class Runner:
         results = []
         for seed in seeds:
             sdir = folder / f"seed{seed}" if len(seeds) > 1 else folder
-            results.append(self._run_seed(prep, backbone, seed, sdir))
+            try:
+                results.append(self._run_seed(prep, backbone, seed, sdir))
+            finally:
+                self._close_tracker()
         if len(seeds) > 1:
             atomic_json(folder / "summary.json", summarise(results))
         return {"results": results, "out": str(out)}
@@ -269,6 +295,7 @@ class Runner:
         engine = Engine(cfg["train"], device=str(backbone.device), run_dir=sdir,
                         progress=self.progress, log=log, seed=seed)
         engine.resume = self.resume
+        engine.tracker = self._open_tracker(seed, sdir)
         t0 = time.time()
         info = method.fit(train, val, engine) or {}
         train_seconds = time.time() - t0
@@ -317,6 +344,10 @@ class Runner:
             result["metrics"] = r["metrics"]
             n_bad += r["n_bad"]
         result["bad_images_skipped"] = n_bad
+        if self._tracker is not None:
+            self._tracker.log_final({**result["metrics"], **{k: result[k] for k in
+                                                            ("base", "novel", "hm")
+                                                            if result.get(k) is not None}})
         save_file(method.learned_state_dict(), str(sdir / "params.safetensors"))
         for f in ("checkpoint.safetensors", "checkpoint_state.pt"):
             (sdir / f).unlink(missing_ok=True)
@@ -325,6 +356,22 @@ class Runner:
         log(f"accuracy {m['accuracy']:.4f} | balanced {m['balanced_accuracy']:.4f} | "
             f"macro-F1 {m['macro_f1']:.4f}" + (f" | HM {result['hm']:.4f}" if result["hm"] is not None else ""))
         return result
+
+    def _open_tracker(self, seed: int, sdir: Path):
+        if not self.log:
+            return None
+        from medadapt.engine.trackers import make_tracker
+        several = len(self.cfg["seeds"]) > 1
+        run_dir = sdir.parent if several else sdir
+        name = self.log_name or self.out.name
+        self._tracker = make_tracker(self.log, run_dir, f"{name}/seed{seed}" if several else name,
+                                     f"seed{seed}", config=dict(self.cfg, seed=seed))
+        return self._tracker
+
+    def _close_tracker(self) -> None:
+        if self._tracker is not None:
+            t, self._tracker = self._tracker, None
+            t.close()
 
     def _evaluate(self, prep, backbone, method, engine, cache, classes, log, what, domain=None,
                   exclude_domain=None) -> dict:

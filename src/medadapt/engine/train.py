@@ -111,6 +111,9 @@ class Engine:
         self.log = log
         self.seed = seed
         self.resume = False
+        # an experiment tracker (medadapt.engine.trackers.Tracker) or None: per-step loss and
+        # learning rate, per-epoch loss and validation accuracy
+        self.tracker = None
 
     # -- batches ---------------------------------------------------------------------------------
     def steps_per_epoch(self, n: int) -> int:
@@ -216,6 +219,9 @@ class Engine:
         info = {"epochs": c["epochs"], "history": history, "train_loop_seconds": time.time() - t0}
         if val is not None and len(val):
             info["val_accuracy"] = self.accuracy(method, val)
+            if self.tracker is not None and not (history and "val_accuracy" in history[-1]
+                                                 and history[-1]["epoch"] == c["epochs"]):
+                self.tracker.log_scalars({"val/accuracy": info["val_accuracy"]}, c["epochs"])
         return info
 
     def _epochs(self, method, train, val, opt, scaler, use_amp, params, start_epoch, history,
@@ -245,11 +251,17 @@ class Engine:
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if self.tracker is not None:
+                    self.tracker.log_scalars({"train/loss": losses[-1],
+                                              "train/lr": opt.param_groups[0]["lr"]}, step)
             rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None}
             if val is not None and len(val) and c["eval_every"] and (epoch + 1) % c["eval_every"] == 0:
                 rec["val_accuracy"] = self.accuracy(method, val)
                 method.train()
             history.append(rec)
+            if self.tracker is not None:
+                self.tracker.log_scalars({"train/epoch_loss": rec["loss"],
+                                          "val/accuracy": rec.get("val_accuracy")}, epoch + 1)
             every = c["checkpoint_every"] or max(1, c["epochs"] // 20)
             if ckpt and ((epoch + 1) % every == 0 or epoch + 1 == c["epochs"]):
                 self._save_ckpt(method, opt, epoch + 1, history, ckpt, state_path)

@@ -490,8 +490,12 @@ def run_bench(runs: list[RunSpec], out: str | Path, *, grid_info: dict | None = 
               only: list[str] | None = None, shard: tuple[int, int] | None = None,
               retry_failed: bool = True, rerun_changed: bool = False, reuse_backbone: bool = True,
               progress: bool = True, quiet: bool = False, verbose: bool = False,
-              dry_run: bool = False, on_start: Callable[[], None] | None = None) -> dict:
+              dry_run: bool = False, on_start: Callable[[], None] | None = None,
+              log=None) -> dict:
     """Run (or, with ``dry_run``, list) every run of ``runs`` not yet complete in ``out``.
+
+    ``log``: experiment trackers (:mod:`medadapt.engine.trackers`): one tracker run per grid run
+    (and seed), named by the run's id.
 
     Returns ``{"counts": {status: n}, "ran": runs computed now, "seeds_run": seeds computed now,
     "skipped": runs already complete, "failed": [ids], "index": path}``.
@@ -527,6 +531,9 @@ def run_bench(runs: list[RunSpec], out: str | Path, *, grid_info: dict | None = 
                 "index": None}
 
     _check_data_present([r for r in mine if states[r.id][0] != "done"])
+    if log:
+        from medadapt.engine.trackers import check_available, check_names
+        check_available(check_names(log))
     if on_start is not None:
         on_start()
     out.mkdir(parents=True, exist_ok=True)
@@ -581,7 +588,7 @@ def run_bench(runs: list[RunSpec], out: str | Path, *, grid_info: dict | None = 
                 try:
                     runner = Runner(cfg, folder, overwrite=(state == "changed"),
                                     resume=(state != "changed"), quiet=not verbose,
-                                    progress=verbose)
+                                    progress=verbose, log=log, log_name=r.id)
                     runner.on_seed = on_seed
                     res = runner.run()
                 except KeyboardInterrupt:

@@ -111,7 +111,7 @@ def _cmd_bench(args) -> int:
                     retry_failed=not args.skip_failed, rerun_changed=args.rerun_changed,
                     reuse_backbone=not args.no_reuse_backbone, progress=not args.quiet,
                     quiet=args.quiet, verbose=args.verbose, dry_run=args.dry_run,
-                    on_start=write_grid_copy)
+                    on_start=write_grid_copy, log=args.log)
     if args.dry_run:
         return 0
     c = res["counts"]
@@ -205,6 +205,8 @@ def add_parser(subparsers) -> None:
                    help="show each run's log lines and progress bars (default: one line per "
                         "run; the logs go to each run's log.txt)")
     b.add_argument("--quiet", action="store_true", help="no progress bar and no per-run lines")
+    from medadapt.engine.trackers import add_log_option
+    add_log_option(b, "; one tracker run per grid run and seed, named by the run's id")
     b.set_defaults(func=_cmd_bench)
 
     r = subparsers.add_parser(
