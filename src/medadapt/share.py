@@ -262,7 +262,7 @@ def model_card(cfg: dict, results: list[dict], summary: dict | None, repo: str,
     except UserError:
         paper = ""
     ds_spec = _redact(cfg.get("dataset"))
-    ds_name, ds_cite, ds_home = ds_spec, "", ""
+    ds_cite, ds_home = "", ""
     kind = str(ds_spec).partition(":")[0]
     if kind in ("folder", "csv", "npz", "memory"):
         ds_line = f"`{ds_spec}`: the pusher's own data (not uploaded)"
@@ -272,7 +272,7 @@ def model_card(cfg: dict, results: list[dict], summary: dict | None, repo: str,
             from medadapt.data.sources import _ensure_registered
             _ensure_registered()
             d = DATASETS.get(kind)
-            ds_name, ds_cite, ds_home = d.name, d.citation, d.homepage
+            ds_cite, ds_home = d.citation, d.homepage
         except Exception:
             pass
         ds_line = f"`{ds_spec}` (registered in medadapt{'; ' + ds_home if ds_home else ''})"
