@@ -14,9 +14,10 @@ from the few-shot features:
 
 * ``W`` starts at the per-class *sum* of the training features (``compute_centroids``, no
   division); ``b`` keeps ``nn.Linear``'s default initialisation;
-* ``alpha`` starts, for every class, at ``250 / K * mean(K * A)`` where ``A[c, c']`` is the mean
-  text logit ``f . t_c'`` of class ``c``'s training images (``calculate_init_alpha``; the ``K``
-  cancel);
+* ``alpha`` starts, for every class, at ``250 / K * mean_c(K * a_c)`` where ``a_c`` is the mean
+  text logit ``f . t_c`` of class ``c``'s training images for their own class
+  (``calculate_init_alpha`` / ``compute_centroids_alpha``, which multiplies the one-hot labels
+  with the text logits; the ``K`` cancel);
 * step sizes from the Lipschitz constants of the loss: ``lr_W = 4N / lambda_max(F^T F)``
   (``calculate_lr_w``) for SGD with momentum 0.9 on ``(W, b)``, and
   ``lr_alpha = N / (4 max_c sum_i (f_i . t_c)^2)`` (``calculate_lr_alpha``);
@@ -59,12 +60,14 @@ def lr_alpha(features: torch.Tensor, text: torch.Tensor) -> float:
 
 def init_alpha(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, shots: int,
                n_classes: int, scale: float = 250.0) -> float:
-    """``mean(scale / K * K * A)``, ``A[c]`` = class ``c``'s mean text logits
-    (``calculate_init_alpha`` with ``compute_centroids_alpha``)."""
+    """``mean_c(scale / K * K * a_c)``, ``a_c`` = the mean over class ``c``'s images of their text
+    logit for their *own* class, ``f . t_c`` (``calculate_init_alpha`` with
+    ``compute_centroids_alpha``: ``one_hot * (F T^T) / counts`` summed over images keeps only the
+    own-class entry of each row, i.e. the diagonal of the class-by-class mean logits)."""
     logits = features.double() @ text.double().T  # [N, C]
     onehot = F.one_hot(labels, n_classes).double()  # [N, C]
-    means = (onehot.T @ logits) / onehot.sum(0).clamp_min(1)[:, None]  # [C, C]
-    return float((scale / shots * (means * shots)).mean())
+    own = (onehot * logits).sum(0) / onehot.sum(0).clamp_min(1)  # [C]
+    return float((scale / shots * (own * shots)).mean())
 
 
 def class_sums(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
