@@ -43,13 +43,20 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def _seed_for(item_id: str, view: int) -> int:
+def _seed_for(item_id: str, view) -> int:
     return int.from_bytes(hashlib.sha256(f"{item_id}|{view}".encode()).digest()[:8], "little") % (2**63)
 
 
+def _fresh_tag(fresh: tuple[int, int]) -> str:
+    """``data.fresh_views``: augmented pass ``k`` of run seed ``s``."""
+    return f"fresh:seed={int(fresh[0])}:pass={int(fresh[1])}"
+
+
 class _ImageDS(torch.utils.data.Dataset):
-    def __init__(self, ds: DataSet, idx: Sequence[int], transform, view: int, skip_bad: bool):
+    def __init__(self, ds: DataSet, idx: Sequence[int], transform, view: int, skip_bad: bool,
+                 fresh: tuple[int, int] | None = None):
         self.ds, self.idx, self.t, self.view, self.skip_bad = ds, list(idx), transform, view, skip_bad
+        self.fresh = fresh
 
     def __len__(self):
         return len(self.idx)
@@ -62,6 +69,13 @@ class _ImageDS(torch.utils.data.Dataset):
             if not self.skip_bad:
                 raise
             return None, j
+        if self.fresh is not None:
+            # a fresh pass: crop / flip from a generator of (item, run seed, pass) only, so the
+            # pass is the same in every method, batch order and worker; the caller's global RNG
+            # is left as it was (these are encoded in the middle of training)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed_for(self.ds.records[i].id, _fresh_tag(self.fresh)))
+                return self.t(img), j
         if self.view > 0:  # seeded augmentation: the same view of an item is identical everywhere
             torch.manual_seed(_seed_for(self.ds.records[i].id, self.view))
         return self.t(img), j
@@ -82,12 +96,13 @@ class FeatureCache:
         self.precision = precision
         autocast_dtype(precision, "cpu")  # validate early
 
-    def key(self, backbone, ds: DataSet, view: int) -> str:
-        t = backbone.train_preprocess if view > 0 else backbone.preprocess
+    def key(self, backbone, ds: DataSet, view: int, fresh: tuple[int, int] | None = None) -> str:
+        t = backbone.train_preprocess if view > 0 or fresh is not None else backbone.preprocess
         h = hashlib.sha256()
         # a function in the transform prints as "<function _rgb at 0x7f...>": the address differs
         # in every process, which would make every run miss the cache
-        parts = [backbone.fingerprint(), _ADDRESS.sub("", repr(t)), ds.fingerprint, f"view={view}"]
+        parts = [backbone.fingerprint(), _ADDRESS.sub("", repr(t)), ds.fingerprint,
+                 f"view={view}" if fresh is None else _fresh_tag(fresh)]
         dtype = autocast_dtype(self.precision, backbone.device.type)
         if dtype is not None:  # reduced-precision features are cached apart from fp32 ones
             parts.append(f"autocast={dtype}")
@@ -125,21 +140,25 @@ class FeatureCache:
 
     def encode(self, backbone, ds: DataSet, idx: Sequence[int], view: int = 0,
                batch_size: int = 64, workers: int = 0, skip_bad: bool = False,
-               progress: bool = True, desc: str = "encoding images") -> tuple[torch.Tensor, list[int]]:
+               progress: bool = True, desc: str = "encoding images",
+               fresh: tuple[int, int] | None = None) -> tuple[torch.Tensor, list[int]]:
         """Features ``[len(ok), D]`` (float32, raw) for ``idx`` and the list of bad indices
-        (unreadable images, only with ``skip_bad``)."""
+        (unreadable images, only with ``skip_bad``). ``fresh=(seed, k)``: augmented pass ``k`` of
+        run seed ``seed`` (``data.fresh_views``) under the backbone's train transform, keyed by
+        (image fingerprint, policy, seed, pass): a second method on the same images hits it."""
         idx = list(idx)
-        path = self.root / f"{self.key(backbone, ds, view)}.safetensors"
+        path = self.root / f"{self.key(backbone, ds, view, fresh)}.safetensors"
         pos, cached = self._load(path, backbone.embed_dim) if self.enabled else ({}, None)
         ids = [ds.records[i].id for i in idx]
         missing = [j for j, k in enumerate(ids) if k not in pos]
         new_feats: dict[int, torch.Tensor] = {}
         bad: list[int] = []
         if missing:
-            t = backbone.train_preprocess if view > 0 else backbone.preprocess
+            t = backbone.train_preprocess if view > 0 or fresh is not None else backbone.preprocess
             dev = backbone.device
             loader = torch.utils.data.DataLoader(
-                _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad), batch_size=batch_size,
+                _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad, fresh),
+                batch_size=batch_size,
                 num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
             dtype = autocast_dtype(self.precision, dev.type)
             with torch.inference_mode(), tqdm(total=len(missing), desc=desc, disable=not progress,

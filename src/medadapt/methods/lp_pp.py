@@ -85,7 +85,13 @@ class LPPlusPlus(Method):
                 "alpha_grad": "accumulate", "text_mode": "ensemble", "select_on_val": True,
                 "impl": "paper"}
     sources: ClassVar[dict[str, str]] = {
-        "method.impl": "paper: this method as its own paper's release runs it; biomedcoop: as BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes)",
+        "method.impl": ("paper: this method as its own paper's release runs it; biomedcoop: as "
+                        "BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes): "
+                        "HealthX-Lab/BiomedCoOp@7ceb5a8 trainers/LP2/linear_probe_p2_biomedclip.py "
+                        "lines 68-78: trained on the features of ONE augmented pass (data."
+                        "fresh_views pass 0, or cached view 1), L2-normalised; line 92: W starts at "
+                        "the class sums of features.half() (fp16-rounded); everything else as the "
+                        "paper implementation"),
         "method.epochs": f"{_REPO} configs/base.yaml train_epoch: 300 (linear-probe: 300); "
                          "BiomedCoOp configs/trainers/LP/few_shot.yaml train_epoch: 300",
         "method.alpha_every": f"{_REPO} methods/linear_probe_p2.py: if (epoch + 1) % 10 == 0",
@@ -119,7 +125,9 @@ class LPPlusPlus(Method):
         if train.features is None or len(train) == 0:
             raise UserError("lp++: no training images")
         dev = self.text_features.device
-        x = F.normalize(train.features.float(), dim=-1).to(dev)
+        biomed = self.cfg.get("impl") == "biomedcoop"
+        xt = train.augmented(0) if biomed else train.features  # the port: one augmented pass
+        x = F.normalize(xt.float(), dim=-1).to(dev)
         y = train.labels.to(dev)
         c = len(self.texts.classnames)
         counts = torch.bincount(y, minlength=c)
@@ -131,7 +139,10 @@ class LPPlusPlus(Method):
         text_logits = x @ t.T
         lin = nn.Linear(x.shape[1], c, bias=True).to(dev)  # default init of the bias, as released
         with torch.no_grad():
-            lin.weight.copy_(class_sums(x, y, c))
+            if biomed:  # compute_centroids(features.half() ...): sums of fp16 features, in fp16
+                lin.weight.copy_(class_sums(x.half().float(), y, c).half().float())
+            else:
+                lin.weight.copy_(class_sums(x, y, c))
         lr, lr_a = lr_w(x), lr_alpha(x, t)
         a0 = init_alpha(x, y, t, shots, c, float(self.cfg["alpha_scale"]))
         alpha = torch.full((c,), a0, device=dev, requires_grad=True)
