@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -161,8 +162,11 @@ class FeatureCache:
                 batch_size=batch_size,
                 num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
             dtype = autocast_dtype(self.precision, dev.type)
-            with torch.inference_mode(), tqdm(total=len(missing), desc=desc, disable=not progress,
-                                              leave=False) as bar:
+            # a fresh pass is encoded in the middle of training: the loader's own seed draw must
+            # not move the caller's RNG either
+            keep_rng = torch.random.fork_rng(devices=[]) if fresh is not None else nullcontext()
+            with keep_rng, torch.inference_mode(), tqdm(total=len(missing), desc=desc,
+                                                         disable=not progress, leave=False) as bar:
                 for xs, js, bad_js in loader:
                     bad += [idx[missing[j]] for j in bad_js]
                     if xs is not None:
