@@ -209,3 +209,9 @@ def test_run_records_sample_seed_and_trains_every_seed_on_its_images(env, tmp_pa
     ds = load_dataset(f"csv:{root / 'data.csv'}")
     base = dassl_fewshot(ds, 2, 1, val_shots=4)
     assert fs[1]["train_order"] == dassl_task_order(base, 2, 2)["train_order"]
+
+
+def test_octmnist_class_is_keyed_as_biomedcoops_descriptions():
+    from medadapt.data.sets.biomedcoop import BIOMEDCOOP_SETS
+    # trainers/prompt_templates.py BIOMEDCOOP_TEMPLATES keys OCTMNIST's normal class so
+    assert BIOMEDCOOP_SETS["biomedcoop-octmnist"].classnames[-1] == "normal OCT scan"
