@@ -122,3 +122,24 @@ def test_fit_with_fresh_views_and_policy_uses_the_cache(env, data_csv, tmp_path)
     assert path.stat().st_mtime_ns == stamp  # read, not re-encoded
     res = json.loads((tmp_path / "b" / "results.json").read_text())
     assert res["metrics"]["accuracy"] >= 0
+
+
+def test_passes_encoded_together_equal_one_by_one_and_decode_once(env, data_csv, tmp_path):
+    from medadapt.data.sources import load_dataset
+    bb = backbone("tiny-hf-clip")
+    ds = load_dataset(f"csv:{data_csv}")
+    idx = ds.indices("train")[:6]
+    cache = FeatureCache(root=tmp_path / "features")
+    one = _fresh(bb, ds, idx, cache, 1)(2)  # pass 2 cached, passes 0, 1, 3 not yet
+    loads = []
+    load = ds.loader
+    ds.loader = lambda r: (loads.append(r.id), load(r))[1]
+    many = cache.encode_passes(bb, ds, idx, 1, [0, 1, 2, 3], progress=False)
+    assert sorted(loads) == sorted(ds.records[i].id for i in idx)  # each image decoded once
+    assert torch.equal(many[2], one)
+    off = FeatureCache(enabled=False)
+    for k in (0, 1, 3):
+        assert torch.allclose(many[k], _fresh(bb, ds, idx, off, 1)(k), atol=1e-5)
+    loads.clear()
+    assert torch.equal(cache.encode_passes(bb, ds, idx, 1, [3], progress=False)[3], many[3])
+    assert loads == []  # written once, read back

@@ -72,14 +72,38 @@ class _ImageDS(torch.utils.data.Dataset):
             return None, j
         if self.fresh is not None:
             # a fresh pass: crop / flip from a generator of (item, run seed, pass) only, so the
-            # pass is the same in every method, batch order and worker; the caller's global RNG
-            # is left as it was (these are encoded in the middle of training)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_seed_for(self.ds.records[i].id, _fresh_tag(self.fresh)))
-                return self.t(img), j
+            # pass is the same in every method, batch order and worker (the CPU generator alone:
+            # torch.manual_seed also seeds every accelerator, 100x slower; encode() restores the
+            # caller's RNG afterwards)
+            torch.default_generator.manual_seed(_seed_for(self.ds.records[i].id,
+                                                          _fresh_tag(self.fresh)))
+            return self.t(img), j
         if self.view > 0:  # seeded augmentation: the same view of an item is identical everywhere
             torch.manual_seed(_seed_for(self.ds.records[i].id, self.view))
         return self.t(img), j
+
+
+class _PassDS(torch.utils.data.Dataset):
+    """(item, pass) pairs of fresh augmented passes, item-major: each image is decoded once for
+    all the passes it needs (the last decoded image is kept), then cropped / flipped per pass
+    with the generator of (item, run seed, pass)."""
+
+    def __init__(self, ds: DataSet, idx: Sequence[int], transform, seed: int,
+                 todo: list[tuple[int, int]]):
+        self.ds, self.idx, self.t, self.seed, self.todo = ds, list(idx), transform, seed, todo
+        self._last: tuple[int, object] | None = None
+
+    def __len__(self):
+        return len(self.todo)
+
+    def __getitem__(self, n):
+        j, p = self.todo[n]
+        if self._last is None or self._last[0] != j:
+            self._last = (j, self.ds.load_image(self.idx[j]))
+        # as _ImageDS: the CPU generator of (item, seed, pass); encode_passes restores the RNG
+        torch.default_generator.manual_seed(_seed_for(self.ds.records[self.idx[j]].id,
+                                                      _fresh_tag((self.seed, p))))
+        return self.t(self._last[1]), n
 
 
 def _collate(items):
@@ -185,6 +209,51 @@ class FeatureCache:
             rows.append(new_feats[j] if j in new_feats else cached[pos[ids[j]]])
         dim = backbone.embed_dim
         return (torch.stack(rows) if rows else torch.empty(0, dim)), bad
+
+    def encode_passes(self, backbone, ds: DataSet, idx: Sequence[int], seed: int,
+                      passes: Sequence[int], batch_size: int = 64, workers: int = 0,
+                      progress: bool = True, desc: str = "augmented passes") -> dict[int, torch.Tensor]:
+        """Fresh augmented passes ``passes`` of run seed ``seed`` over ``idx`` at once:
+        ``{k: [len(idx), D]}``, each equal to ``encode(..., fresh=(seed, k))`` (same per-item
+        generator, same cache files), but every image is decoded once for all its missing passes
+        and each pass file is written once."""
+        idx, passes = list(idx), [int(k) for k in passes]
+        ids = [ds.records[i].id for i in idx]
+        dim = backbone.embed_dim
+        state, todo = {}, []
+        for k in passes:
+            path = self.root / f"{self.key(backbone, ds, 0, (seed, k))}.safetensors"
+            pos, cached = self._load(path, dim) if self.enabled else ({}, None)
+            state[k] = (path, pos, cached)
+            todo += [(j, k) for j, i in enumerate(ids) if i not in pos]
+        todo.sort()
+        new: dict[int, dict[int, torch.Tensor]] = {k: {} for k in passes}
+        if todo:
+            dev = backbone.device
+            loader = torch.utils.data.DataLoader(
+                _PassDS(ds, idx, backbone.train_preprocess, seed, todo), batch_size=batch_size,
+                num_workers=workers, pin_memory=dev.type == "cuda")
+            dtype = autocast_dtype(self.precision, dev.type)
+            with torch.random.fork_rng(devices=[]), torch.inference_mode(), \
+                    tqdm(total=len(todo), desc=desc, disable=not progress, leave=False) as bar:
+                for xs, ns in loader:
+                    with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                        f = backbone.encode_image(xs.to(dev, non_blocking=True), normalize=False)
+                    for n, row in zip(ns.tolist(), f.float().cpu()):
+                        j, k = todo[n]
+                        new[k][j] = row
+                    bar.update(len(ns))
+            if self.enabled:
+                for k in passes:
+                    if new[k]:
+                        path, pos, cached = state[k]
+                        self._merge_save(path, pos, cached, {ids[j]: v for j, v in new[k].items()})
+        out = {}
+        for k in passes:
+            _, pos, cached = state[k]
+            rows = [new[k][j] if j in new[k] else cached[pos[ids[j]]] for j in range(len(idx))]
+            out[k] = torch.stack(rows) if rows else torch.empty(0, dim)
+        return out
 
     def _merge_save(self, path: Path, pos, cached, new: dict[str, torch.Tensor]) -> None:
         ids = list(pos) + list(new)

@@ -261,11 +261,23 @@ class Runner:
                                                   dtype=torch.long), feats,
                       concepts=[prep.ds.records[i].concepts for i in keep])
         if fresh_seed is not None and not needs_images:
+            ready: dict[int, torch.Tensor] = {}  # passes encoded ahead (Split.prefetch)
+
             def fresh(k: int, _keep=keep) -> torch.Tensor:
+                if int(k) in ready:
+                    return ready.pop(int(k))
                 return cache.encode(backbone, prep.ds, _keep, 0, d["batch_size"], d["workers"],
                                     False, self.progress, f"{desc} (pass {k})",
                                     fresh=(int(fresh_seed), int(k)))[0]
+
+            def prefetch(ks, _keep=keep) -> None:
+                ks = [int(k) for k in ks if int(k) not in ready]
+                if ks:
+                    ready.update(cache.encode_passes(backbone, prep.ds, _keep, int(fresh_seed), ks,
+                                                     d["batch_size"], d["workers"], self.progress,
+                                                     f"{desc} ({len(ks)} augmented passes)"))
             split.fresh = fresh
+            split.prefetch = prefetch
             split.fresh_count = int(views)
         elif views and not needs_images:
             vs = [cache.encode(backbone, prep.ds, keep, v, d["batch_size"], d["workers"], False,

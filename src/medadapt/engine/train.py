@@ -47,6 +47,8 @@ class Split:
     # (deterministic per run seed, pass and item; encoded once, cached on disk)
     fresh: Callable[[int], torch.Tensor] | None = None
     fresh_count: int = 0  # data.augment_views under fresh_views: passes a method averages
+    # encode passes ahead, all at once (each image decoded once); a no-op without fresh passes
+    prefetch: Callable[[list[int]], None] | None = None
 
     def __len__(self):
         return len(self.indices)
@@ -57,6 +59,10 @@ class Split:
         if self.fresh is not None:
             return self.fresh_count
         return 0 if self.views is None else len(self.views)
+
+    def prefetch_passes(self, ks) -> None:
+        if self.fresh is not None and self.prefetch is not None:
+            self.prefetch(list(ks))
 
     def augmented(self, k: int) -> torch.Tensor:
         """Raw features of augmented pass ``k``: a fresh pass (``fresh_views``), else cached view
@@ -221,6 +227,8 @@ class Engine:
         c = self.cfg
         self._check()
         self._first_draw = int(first_draw)
+        if not method.needs_images and hasattr(train, "prefetch_passes"):
+            train.prefetch_passes(range(self._first_draw, self._first_draw + int(c["epochs"])))
         sched = getattr(method, "lr_schedule", None)
         self._method_lr = sched(c) if callable(sched) else None
         params = [p for p in method.parameters() if p.requires_grad]

@@ -147,6 +147,8 @@ class TipAdapter(Method):
             raise UserError(f"{self.name}: no training images for the cache")
         keys = F.normalize(train.features.float(), dim=-1)
         n = getattr(train, "n_views", 0) if hasattr(train, "augmented") else 0
+        if n and hasattr(train, "prefetch_passes"):
+            train.prefetch_passes(range(n))
         if n:
             # Tip-Adapter's build_cache_model: mean of the raw features of the augmented views
             # (augment_epoch of them, the un-augmented image is not among them), then normalise;
@@ -304,6 +306,8 @@ class TipAdapterF(TipAdapter):
         alpha = float(self.cfg["init_alpha"])
         draw = getattr(train, "n_views", 0)  # passes 0..V-1 built the cache
         epochs = int(engine.cfg["epochs"])
+        if hasattr(train, "prefetch_passes"):  # the cache's passes and the ten trainings' ones
+            train.prefetch_passes(range(draw, draw + len(BIOMEDCOOP_INIT_ALPHAS) * epochs))
         grid, best, chosen = [], 0, False
         self.train()
         for a in BIOMEDCOOP_INIT_ALPHAS:
