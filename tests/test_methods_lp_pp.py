@@ -25,8 +25,10 @@ def test_step_sizes_and_init_by_hand():
     assert lr_w(X) == pytest.approx(6.0)
     # column sums of (f . t_c)^2: 1.36 and 1.64 -> N / (4 * 1.64)
     assert lr_alpha(X, T) == pytest.approx(3 / (4 * 1.64))
-    # class means of the text logits: [1, 0] and [0.3, 0.9]; mean 0.55; 250 * 0.55
-    assert init_alpha(X, Y, T, shots=2, n_classes=2) == pytest.approx(137.5)
+    # class means of the text logits: [1, 0] and [0.3, 0.9]; compute_centroids_alpha keeps each
+    # class's logit for its own class (the diagonal): 1 and 0.9, mean 0.95; 250 * 0.95
+    # (averaging every cell, [1, 0, 0.3, 0.9] -> 137.5, was the old, wrong rule)
+    assert init_alpha(X, Y, T, shots=2, n_classes=2) == pytest.approx(237.5)
     assert torch.allclose(class_sums(X, Y, 2), torch.tensor([[1.0, 0.0], [0.6, 1.8]]))
 
 
@@ -75,8 +77,10 @@ def _released_loop(x, y, t, xv, yv, shots, epochs, seed):
     clf = nn.Linear(x.shape[1], c, bias=True)
     clf.weight.data = F.one_hot(y, c).float().T @ x
     lr = 4 * x.shape[0] / torch.linalg.eigvalsh((x.T @ x).double()).max().item()
-    means = (F.one_hot(y, c).double().T @ (x.double() @ t.double().T)) / shots
-    alpha_vec = (250 / shots * means * shots).mean().float() * torch.ones(1, c)
+    # compute_centroids_alpha: (one_hot * z / one_hot.sum(-2)).sum over images -> [C]
+    oh = F.one_hot(y, c).double()
+    tilde = (oh * (x.double() @ t.double().T) / oh.sum(0, keepdim=True)).sum(0)
+    alpha_vec = (250 / shots * tilde * shots).mean().float() * torch.ones(1, c)
     alpha_vec.requires_grad_(True)
     lr_a = x.shape[0] / (4 * torch.sum((x @ t.T) ** 2, dim=0).max().item())
     opt = torch.optim.SGD(clf.parameters(), lr, momentum=0.9)

@@ -1,13 +1,31 @@
 """Few-shot protocol: seeded K-shot sampling, a few-shot validation set, base-to-novel splits.
 
-Sampling depends only on (seed, class, record ids): ids are sorted before a NumPy PCG64
-permutation, so a seed picks the same images on every machine. The chosen ids are written to
-``fewshot.json`` and can be reloaded. The test split is never touched here.
+Two samplers (``data.sampler``):
+
+* ``medadapt`` (default): depends only on (seed, class, record ids): ids are sorted before a NumPy
+  PCG64 permutation, so a seed picks the same images on every machine, whatever the record order.
+* ``dassl``: the same images in the same order as Dassl's ``DatasetBase.generate_fewshot_dataset``
+  after ``set_random_seed(seed)`` (Dassl.pytorch ``dassl/data/datasets/base_dataset.py`` lines
+  155-211, ``dassl/utils/tools.py`` ``set_random_seed``; vendored by HealthX-Lab/BiomedCoOp
+  @7ceb5a8): one Python ``random`` stream seeded with ``seed``; the split's train items in record
+  order (for a BiomedCoOp / CoOp split file: the file's order) grouped by label in order of first
+  appearance (``split_dataset_by_label``: a ``defaultdict`` filled in item order); per group
+  ``random.sample(items, K)`` (all items when fewer than K); then the validation set from the SAME
+  stream, ``min(K, val_shots)`` per class (BiomedCoOp ``datasets/*.py`` lines 41-42:
+  ``generate_fewshot_dataset(val, num_shots=min(num_shots, 4))`` right after the train draw).
+  Base-to-novel with ``b2n_draw: all`` draws over all classes and then keeps the base ones (Dassl
+  draws before ``subsample_classes``, lines 41-49; the base half is the first ``ceil(n / 2)``
+  labels). :func:`dassl_task_order` gives the order BiomedCoOp's ``main.py`` trains a task in when
+  every task reuses seed 1's images (``sample_seed``).
+
+The chosen ids are written to ``fewshot.json`` (with their order) and can be reloaded. The test
+split is never touched here.
 """
 from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -36,13 +54,13 @@ def _take(ds: DataSet, idx: list[int], k: int, rng: np.random.Generator,
 
 def sample_fewshot(ds: DataSet, shots: int, seed: int, classes: Sequence[int] | None = None,
                    allow_fewer: bool = False, ok: Callable[[int], bool] | None = None,
-                   domain: str | None = None) -> dict:
+                   domain: str | None = None, val_shots: int | None = None) -> dict:
     """Return ``{"train": {classname: [ids]}, "val": {classname: [ids]}}``.
 
     ``train`` takes K per class from the train split; ``val`` takes min(K, available) per class
     from the val split, or, when the data set has no val items for a class, from the train items
-    left after the shots. ``ok(i)`` lets the caller skip unreadable images (``--skip-bad``).
-    ``shots <= 0`` means all training images.
+    left after the shots; ``val_shots`` caps it (``min(K, val_shots)``). ``ok(i)`` lets the caller
+    skip unreadable images (``--skip-bad``). ``shots <= 0`` means all training images.
     """
     if classes is None:
         classes = list(range(ds.num_classes))
@@ -63,10 +81,121 @@ def sample_fewshot(ds: DataSet, shots: int, seed: int, classes: Sequence[int] | 
             used = set(chosen)
             vpool = [i for i in pool if i not in used]
         kv = min(max(k, 1), len(vpool))
+        if val_shots is not None:
+            kv = min(kv, int(val_shots))
         vchosen = _take(ds, vpool, kv, _rng(seed, c, 1), ok)
         train[name] = [ds.records[i].id for i in chosen]
         val[name] = [ds.records[i].id for i in vchosen]
     return {"seed": seed, "shots": shots, "train": train, "val": val}
+
+
+def _by_label(ds: DataSet, idx: list[int]) -> dict[int, list[int]]:
+    """Dassl ``split_dataset_by_label``: groups in order of first appearance, items in order."""
+    out: dict[int, list[int]] = {}
+    for i in idx:
+        out.setdefault(ds.records[i].label, []).append(i)
+    return out
+
+
+def _dassl_draw(ds: DataSet, idx: list[int], k: int, rng: random.Random) -> list[int]:
+    """Dassl ``generate_fewshot_dataset(items, num_shots=k)`` on one list (``repeat=False``)."""
+    if k < 1:
+        return list(idx)
+    out: list[int] = []
+    for items in _by_label(ds, idx).values():
+        out += rng.sample(items, k) if len(items) >= k else items
+    return out
+
+
+def dassl_fewshot(ds: DataSet, shots: int, seed: int, classes: Sequence[int] | None = None,
+                  allow_fewer: bool = False, domain: str | None = None,
+                  val_shots: int | None = None, draw_all: bool = False) -> dict:
+    """The ``dassl`` sampler (module docstring): Dassl's few-shot train and validation sets for
+    ``seed``. ``classes``: the classes kept (base-to-novel: the base ones); ``draw_all``: draw over
+    every class first and keep ``classes`` afterwards (BiomedCoOp's base-to-novel), otherwise only
+    ``classes``' items enter the draw. ``val_shots``: validation images per class
+    ``min(K, val_shots)`` (null: K). Without val items, the validation set is drawn, from the same
+    stream, from the train items the shots left (medadapt's rule; Dassl would have none).
+    Unreadable images are not skipped in the draw (Dassl does not know them); the runner drops
+    them afterwards, so the draw stays Dassl's."""
+    n = ds.num_classes
+    keep = list(range(n)) if classes is None else list(classes)
+    drawn = list(range(n)) if draw_all else keep
+    rng = random.Random(int(seed))  # = random.seed(seed) then the module functions
+    pool = ds.indices("train", drawn, domain=domain)
+    train = _dassl_draw(ds, pool, shots, rng)
+    vk = shots if val_shots is None or shots < 1 else min(shots, int(val_shots))
+    vpool = ds.indices("val", drawn, domain=domain)
+    if not vpool:
+        used = set(train)
+        vpool = [i for i in pool if i not in used]
+    val = _dassl_draw(ds, vpool, max(vk, 1) if shots >= 1 else 0, rng)
+    keep_set = set(keep)
+    train = [i for i in train if ds.records[i].label in keep_set]
+    val = [i for i in val if ds.records[i].label in keep_set]
+    if shots >= 1:
+        counts = {c: 0 for c in keep}
+        for i in train:
+            counts[ds.records[i].label] += 1
+        for c, m in counts.items():
+            if m == 0:
+                raise UserError(f"class {ds.classnames[c]!r} has no training images")
+            if m < shots and not allow_fewer:
+                raise UserError(f"class {ds.classnames[c]!r} has only {m} training images for "
+                                f"{shots} shots; lower --shots or pass --allow-fewer")
+    return _as_fewshot(ds, seed, shots, train, val, keep, "dassl")
+
+
+def _as_fewshot(ds: DataSet, seed: int, shots: int, train: list[int], val: list[int],
+                classes: Sequence[int], sampler: str) -> dict:
+    tr: dict[str, list[str]] = {ds.classnames[c]: [] for c in classes}
+    va: dict[str, list[str]] = {ds.classnames[c]: [] for c in classes}
+    for i in train:
+        tr[ds.classnames[ds.records[i].label]].append(ds.records[i].id)
+    for i in val:
+        va[ds.classnames[ds.records[i].label]].append(ds.records[i].id)
+    return {"seed": seed, "shots": shots, "sampler": sampler, "train": tr, "val": va,
+            "train_order": [ds.records[i].id for i in train],
+            "val_order": [ds.records[i].id for i in val]}
+
+
+def dassl_task_order(fs: dict, task_seed: int, shots: int) -> dict:
+    """The order in which BiomedCoOp's ``main.py`` (lines 224-228 @7ceb5a8) trains task ``i`` on the
+    images of one draw: ``random.seed(i)`` then ``generate_fewshot_dataset`` again on the drawn
+    train list (K of K per class: a permutation) and on the drawn validation list with ``num_shots
+    = K`` (a permutation when the class has at least K, else unchanged). Same images, new order."""
+    rng = random.Random(int(task_seed))
+    label = {i: name for part in ("train", "val") for name, lst in fs.get(part, {}).items()
+             for i in lst}
+
+    def redraw(ids: list[str]) -> list[str]:
+        if shots < 1:
+            return list(ids)
+        groups: dict[str, list[str]] = {}
+        for i in ids:
+            groups.setdefault(label[i], []).append(i)
+        out: list[str] = []
+        for items in groups.values():
+            out += rng.sample(items, shots) if len(items) >= shots else items
+        return out
+
+    out = dict(fs)
+    out["train_order"] = redraw(list(fs["train_order"]))
+    out["val_order"] = redraw(list(fs["val_order"]))
+    return out
+
+
+def fewshot_indices(ds: DataSet, fs: dict, part: str) -> list[int]:
+    """Record indices of ``fs[part]`` (``train`` / ``val``), in the sampler's order when the file
+    keeps one (``train_order`` / ``val_order``), else class by class."""
+    order = fs.get(f"{part}_order")
+    if order is not None:
+        index = ds.id_index()
+        bad = [i for i in order if i not in index]
+        if bad:
+            raise UserError(f"fewshot.json names an item not in the data set: {bad[0]!r}")
+        return [index[i] for i in order]
+    return ids_to_indices(ds, fs.get(part, {}))
 
 
 def fraction_subset(ds: DataSet, fraction: float, seed: int) -> dict:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -43,13 +44,20 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def _seed_for(item_id: str, view: int) -> int:
+def _seed_for(item_id: str, view) -> int:
     return int.from_bytes(hashlib.sha256(f"{item_id}|{view}".encode()).digest()[:8], "little") % (2**63)
 
 
+def _fresh_tag(fresh: tuple[int, int]) -> str:
+    """``data.fresh_views``: augmented pass ``k`` of run seed ``s``."""
+    return f"fresh:seed={int(fresh[0])}:pass={int(fresh[1])}"
+
+
 class _ImageDS(torch.utils.data.Dataset):
-    def __init__(self, ds: DataSet, idx: Sequence[int], transform, view: int, skip_bad: bool):
+    def __init__(self, ds: DataSet, idx: Sequence[int], transform, view: int, skip_bad: bool,
+                 fresh: tuple[int, int] | None = None):
         self.ds, self.idx, self.t, self.view, self.skip_bad = ds, list(idx), transform, view, skip_bad
+        self.fresh = fresh
 
     def __len__(self):
         return len(self.idx)
@@ -62,9 +70,40 @@ class _ImageDS(torch.utils.data.Dataset):
             if not self.skip_bad:
                 raise
             return None, j
+        if self.fresh is not None:
+            # a fresh pass: crop / flip from a generator of (item, run seed, pass) only, so the
+            # pass is the same in every method, batch order and worker (the CPU generator alone:
+            # torch.manual_seed also seeds every accelerator, 100x slower; encode() restores the
+            # caller's RNG afterwards)
+            torch.default_generator.manual_seed(_seed_for(self.ds.records[i].id,
+                                                          _fresh_tag(self.fresh)))
+            return self.t(img), j
         if self.view > 0:  # seeded augmentation: the same view of an item is identical everywhere
             torch.manual_seed(_seed_for(self.ds.records[i].id, self.view))
         return self.t(img), j
+
+
+class _PassDS(torch.utils.data.Dataset):
+    """(item, pass) pairs of fresh augmented passes, item-major: each image is decoded once for
+    all the passes it needs (the last decoded image is kept), then cropped / flipped per pass
+    with the generator of (item, run seed, pass)."""
+
+    def __init__(self, ds: DataSet, idx: Sequence[int], transform, seed: int,
+                 todo: list[tuple[int, int]]):
+        self.ds, self.idx, self.t, self.seed, self.todo = ds, list(idx), transform, seed, todo
+        self._last: tuple[int, object] | None = None
+
+    def __len__(self):
+        return len(self.todo)
+
+    def __getitem__(self, n):
+        j, p = self.todo[n]
+        if self._last is None or self._last[0] != j:
+            self._last = (j, self.ds.load_image(self.idx[j]))
+        # as _ImageDS: the CPU generator of (item, seed, pass); encode_passes restores the RNG
+        torch.default_generator.manual_seed(_seed_for(self.ds.records[self.idx[j]].id,
+                                                      _fresh_tag((self.seed, p))))
+        return self.t(self._last[1]), n
 
 
 def _collate(items):
@@ -82,12 +121,13 @@ class FeatureCache:
         self.precision = precision
         autocast_dtype(precision, "cpu")  # validate early
 
-    def key(self, backbone, ds: DataSet, view: int) -> str:
-        t = backbone.train_preprocess if view > 0 else backbone.preprocess
+    def key(self, backbone, ds: DataSet, view: int, fresh: tuple[int, int] | None = None) -> str:
+        t = backbone.train_preprocess if view > 0 or fresh is not None else backbone.preprocess
         h = hashlib.sha256()
         # a function in the transform prints as "<function _rgb at 0x7f...>": the address differs
         # in every process, which would make every run miss the cache
-        parts = [backbone.fingerprint(), _ADDRESS.sub("", repr(t)), ds.fingerprint, f"view={view}"]
+        parts = [backbone.fingerprint(), _ADDRESS.sub("", repr(t)), ds.fingerprint,
+                 f"view={view}" if fresh is None else _fresh_tag(fresh)]
         dtype = autocast_dtype(self.precision, backbone.device.type)
         if dtype is not None:  # reduced-precision features are cached apart from fp32 ones
             parts.append(f"autocast={dtype}")
@@ -125,25 +165,32 @@ class FeatureCache:
 
     def encode(self, backbone, ds: DataSet, idx: Sequence[int], view: int = 0,
                batch_size: int = 64, workers: int = 0, skip_bad: bool = False,
-               progress: bool = True, desc: str = "encoding images") -> tuple[torch.Tensor, list[int]]:
+               progress: bool = True, desc: str = "encoding images",
+               fresh: tuple[int, int] | None = None) -> tuple[torch.Tensor, list[int]]:
         """Features ``[len(ok), D]`` (float32, raw) for ``idx`` and the list of bad indices
-        (unreadable images, only with ``skip_bad``)."""
+        (unreadable images, only with ``skip_bad``). ``fresh=(seed, k)``: augmented pass ``k`` of
+        run seed ``seed`` (``data.fresh_views``) under the backbone's train transform, keyed by
+        (image fingerprint, policy, seed, pass): a second method on the same images hits it."""
         idx = list(idx)
-        path = self.root / f"{self.key(backbone, ds, view)}.safetensors"
+        path = self.root / f"{self.key(backbone, ds, view, fresh)}.safetensors"
         pos, cached = self._load(path, backbone.embed_dim) if self.enabled else ({}, None)
         ids = [ds.records[i].id for i in idx]
         missing = [j for j, k in enumerate(ids) if k not in pos]
         new_feats: dict[int, torch.Tensor] = {}
         bad: list[int] = []
         if missing:
-            t = backbone.train_preprocess if view > 0 else backbone.preprocess
+            t = backbone.train_preprocess if view > 0 or fresh is not None else backbone.preprocess
             dev = backbone.device
             loader = torch.utils.data.DataLoader(
-                _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad), batch_size=batch_size,
+                _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad, fresh),
+                batch_size=batch_size,
                 num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
             dtype = autocast_dtype(self.precision, dev.type)
-            with torch.inference_mode(), tqdm(total=len(missing), desc=desc, disable=not progress,
-                                              leave=False) as bar:
+            # a fresh pass is encoded in the middle of training: the loader's own seed draw must
+            # not move the caller's RNG either
+            keep_rng = torch.random.fork_rng(devices=[]) if fresh is not None else nullcontext()
+            with keep_rng, torch.inference_mode(), tqdm(total=len(missing), desc=desc,
+                                                         disable=not progress, leave=False) as bar:
                 for xs, js, bad_js in loader:
                     bad += [idx[missing[j]] for j in bad_js]
                     if xs is not None:
@@ -162,6 +209,51 @@ class FeatureCache:
             rows.append(new_feats[j] if j in new_feats else cached[pos[ids[j]]])
         dim = backbone.embed_dim
         return (torch.stack(rows) if rows else torch.empty(0, dim)), bad
+
+    def encode_passes(self, backbone, ds: DataSet, idx: Sequence[int], seed: int,
+                      passes: Sequence[int], batch_size: int = 64, workers: int = 0,
+                      progress: bool = True, desc: str = "augmented passes") -> dict[int, torch.Tensor]:
+        """Fresh augmented passes ``passes`` of run seed ``seed`` over ``idx`` at once:
+        ``{k: [len(idx), D]}``, each equal to ``encode(..., fresh=(seed, k))`` (same per-item
+        generator, same cache files), but every image is decoded once for all its missing passes
+        and each pass file is written once."""
+        idx, passes = list(idx), [int(k) for k in passes]
+        ids = [ds.records[i].id for i in idx]
+        dim = backbone.embed_dim
+        state, todo = {}, []
+        for k in passes:
+            path = self.root / f"{self.key(backbone, ds, 0, (seed, k))}.safetensors"
+            pos, cached = self._load(path, dim) if self.enabled else ({}, None)
+            state[k] = (path, pos, cached)
+            todo += [(j, k) for j, i in enumerate(ids) if i not in pos]
+        todo.sort()
+        new: dict[int, dict[int, torch.Tensor]] = {k: {} for k in passes}
+        if todo:
+            dev = backbone.device
+            loader = torch.utils.data.DataLoader(
+                _PassDS(ds, idx, backbone.train_preprocess, seed, todo), batch_size=batch_size,
+                num_workers=workers, pin_memory=dev.type == "cuda")
+            dtype = autocast_dtype(self.precision, dev.type)
+            with torch.random.fork_rng(devices=[]), torch.inference_mode(), \
+                    tqdm(total=len(todo), desc=desc, disable=not progress, leave=False) as bar:
+                for xs, ns in loader:
+                    with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                        f = backbone.encode_image(xs.to(dev, non_blocking=True), normalize=False)
+                    for n, row in zip(ns.tolist(), f.float().cpu()):
+                        j, k = todo[n]
+                        new[k][j] = row
+                    bar.update(len(ns))
+            if self.enabled:
+                for k in passes:
+                    if new[k]:
+                        path, pos, cached = state[k]
+                        self._merge_save(path, pos, cached, {ids[j]: v for j, v in new[k].items()})
+        out = {}
+        for k in passes:
+            _, pos, cached = state[k]
+            rows = [new[k][j] if j in new[k] else cached[pos[ids[j]]] for j in range(len(idx))]
+            out[k] = torch.stack(rows) if rows else torch.empty(0, dim)
+        return out
 
     def _merge_save(self, path: Path, pos, cached, new: dict[str, torch.Tensor]) -> None:
         ids = list(pos) + list(new)

@@ -27,8 +27,9 @@ import medadapt
 from medadapt.config import dump_yaml, load_yaml
 from medadapt.data.catalog import dataset_options
 from medadapt.data.dataset import DataSet
-from medadapt.data.fewshot import (base_novel_split, fraction_subset, ids_to_indices, load_fewshot,
-                                   sample_fewshot, save_fewshot)
+from medadapt.data.fewshot import (base_novel_split, dassl_fewshot, dassl_task_order,
+                                   fewshot_indices, fraction_subset, load_fewshot, sample_fewshot,
+                                   save_fewshot)
 from medadapt.data.sources import load_dataset
 from medadapt.engine.features import FeatureCache
 from medadapt.engine.resolve import class_texts_for, resolve
@@ -74,13 +75,33 @@ class Prepared:
         self._bad: dict[int, bool] = {}
         ok = self._ok if d["skip_bad"] else None
         self.fewshots = {}
+        sampler = d.get("sampler", "medadapt")
+        # data.sample_seed: every run seed trains on that seed's images (BiomedCoOp main.py: the
+        # data set is built once with cfg.SEED = 1, lines 181-190 @7ceb5a8); the run's own seed
+        # still seeds initialisation and augmentation
+        fixed = d.get("sample_seed")
+        shots = int(cfg["shots"])
+        allow = d["allow_fewer"] or not self.method_cls.uses_shots
+        draws: dict[int, dict] = {}
         for seed in cfg["seeds"]:
+            draw_seed = seed if fixed is None else int(fixed)
             if d.get("fraction"):
-                fs = fraction_subset(self.ds, float(d["fraction"]), seed)
+                fs = fraction_subset(self.ds, float(d["fraction"]), draw_seed)
+            elif sampler == "dassl":
+                if draw_seed not in draws:
+                    draws[draw_seed] = dassl_fewshot(
+                        self.ds, shots, draw_seed, self.train_classes, allow_fewer=allow,
+                        domain=self.train_domain, val_shots=d.get("val_shots"),
+                        draw_all=self.protocol == "base-to-novel" and d.get("b2n_draw") == "all")
+                fs = draws[draw_seed]
+                if fixed is not None:  # main.py re-draws K of K per task: same images, new order
+                    fs = dassl_task_order(fs, seed, shots)
             else:
-                fs = sample_fewshot(self.ds, int(cfg["shots"]), seed, self.train_classes,
-                                    allow_fewer=d["allow_fewer"] or not self.method_cls.uses_shots,
-                                    ok=ok, domain=self.train_domain)
+                fs = sample_fewshot(self.ds, shots, draw_seed, self.train_classes,
+                                    allow_fewer=allow, ok=ok, domain=self.train_domain,
+                                    val_shots=d.get("val_shots"))
+            if fixed is not None:
+                fs = dict(fs, seed=seed, sample_seed=draw_seed)
             self.fewshots[seed] = fs
 
     def _ok(self, i: int) -> bool:
@@ -174,6 +195,9 @@ class Runner:
         device = pick_device(self.cfg["device"])
         from medadapt.backbones import load_backbone
         backbone = load_backbone(self.cfg["backbone"], device=device)
+        from medadapt.backbones.transforms import set_train_policy
+        set_train_policy(backbone, self.cfg["data"].get("crop_scale", [0.08, 1.0]),
+                         self.cfg["data"].get("flip", True))
         if exists and self.overwrite:
             # build the new run beside the old one; swap only when it has succeeded
             work = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
@@ -243,7 +267,13 @@ class Runner:
 
     # --------------------------------------------------------------------------------------------
     def _split(self, prep: Prepared, backbone, idx: list[int], class_map: dict[int, int],
-               cache: FeatureCache, needs_images: bool, desc: str, views: int = 0) -> Split:
+               cache: FeatureCache, needs_images: bool, desc: str, views: int = 0,
+               fresh_seed: int | None = None) -> Split:
+        """The items ``idx`` as a method sees them. Cached-feature methods get the eval-transform
+        features, plus either ``views`` pre-encoded augmented views or, with ``fresh_seed``
+        (``data.fresh_views``), fresh augmented passes encoded on demand (``Split.fresh``: pass
+        ``k`` of run seed ``fresh_seed``, cached on disk and shared by every method that trains
+        on the same images with the same policy and seed)."""
         d = self.cfg["data"]
         bad: list[int] = []
         feats = None
@@ -256,7 +286,26 @@ class Runner:
         split = Split(prep.ds, keep, torch.tensor([class_map[prep.ds.records[i].label] for i in keep],
                                                   dtype=torch.long), feats,
                       concepts=[prep.ds.records[i].concepts for i in keep])
-        if views and not needs_images:
+        if fresh_seed is not None and not needs_images:
+            ready: dict[int, torch.Tensor] = {}  # passes encoded ahead (Split.prefetch)
+
+            def fresh(k: int, _keep=keep) -> torch.Tensor:
+                if int(k) in ready:
+                    return ready.pop(int(k))
+                return cache.encode(backbone, prep.ds, _keep, 0, d["batch_size"], d["workers"],
+                                    False, self.progress, f"{desc} (pass {k})",
+                                    fresh=(int(fresh_seed), int(k)))[0]
+
+            def prefetch(ks, _keep=keep) -> None:
+                ks = [int(k) for k in ks if int(k) not in ready]
+                if ks:
+                    ready.update(cache.encode_passes(backbone, prep.ds, _keep, int(fresh_seed), ks,
+                                                     d["batch_size"], d["workers"], self.progress,
+                                                     f"{desc} ({len(ks)} augmented passes)"))
+            split.fresh = fresh
+            split.prefetch = prefetch
+            split.fresh_count = int(views)
+        elif views and not needs_images:
             vs = [cache.encode(backbone, prep.ds, keep, v, d["batch_size"], d["workers"], False,
                                self.progress, f"{desc} (view {v})")[0] for v in range(1, views + 1)]
             split.views = torch.stack(vs)
@@ -284,10 +333,11 @@ class Runner:
         cache = FeatureCache(enabled=cfg["data"]["cache"], precision=cfg["data"].get("precision", "auto"))
         train_cls = prep.train_classes
         cmap = {c: j for j, c in enumerate(train_cls)}
-        train_idx = ids_to_indices(ds, fs["train"])
-        val_idx = ids_to_indices(ds, fs.get("val", {}))
+        train_idx = fewshot_indices(ds, fs, "train")
+        val_idx = fewshot_indices(ds, fs, "val")
         train = self._split(prep, backbone, train_idx, cmap, cache, cls.needs_images, "train images",
-                            cfg["data"]["augment_views"])
+                            cfg["data"]["augment_views"],
+                            fresh_seed=seed if cfg["data"].get("fresh_views") else None)
         val = self._split(prep, backbone, val_idx, cmap, cache, cls.needs_images, "val images")
         texts_train = prep.texts.for_classes([ds.classnames[c] for c in train_cls])
         set_seed(seed)
@@ -308,7 +358,12 @@ class Runner:
                   "protocol": prep.protocol, "metrics": None, "base": None, "novel": None,
                   "hm": None, "train_seconds": train_seconds,
                   "n_trainable_params": method.n_trainable_params(),
-                  "val_accuracy": info.get("val_accuracy"), "train_info": _small(info)}
+                  "val_accuracy": info.get("val_accuracy"), "train_info": _small(info),
+                  # the few-shot draw: its sampler, and the seed whose images every run seed
+                  # trains on (null: each seed its own; set: the +- over seeds measures
+                  # initialisation and augmentation only, not the choice of images)
+                  "sampler": cfg["data"].get("sampler", "medadapt"),
+                  "sample_seed": fs.get("sample_seed")}
         n_bad = train.n_bad + val.n_bad  # type: ignore[attr-defined]
         if prep.protocol == "base-to-novel":
             base = self._evaluate(prep, backbone, method, engine, cache, train_cls, log, "base")
@@ -415,6 +470,8 @@ def summarise(results: list[dict]) -> dict:
     out = {k: first[k] for k in ("medadapt_version", "method", "backbone", "dataset", "shots",
                                  "fraction", "protocol")}
     out["seeds"] = [r["seed"] for r in results]
+    out["sampler"] = first.get("sampler", "medadapt")
+    out["sample_seed"] = first.get("sample_seed")  # set: every seed trained on these images
     out["metrics"] = {m: stat([r["metrics"].get(m) for r in results]) for m in CORE_METRICS}
     if "mean_domain_accuracy" in first["metrics"]:
         out["metrics"]["mean_domain_accuracy"] = stat([r["metrics"]["mean_domain_accuracy"]

@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,9 +43,37 @@ class Split:
     features: torch.Tensor | None = None  # [N, D] raw features of the eval transform
     views: torch.Tensor | None = None  # [V, N, D] augmented views (optional)
     concepts: list[tuple[str, ...]] = field(default_factory=list)
+    # data.fresh_views: pass k -> [N, D] raw features of a fresh augmented pass over the items
+    # (deterministic per run seed, pass and item; encoded once, cached on disk)
+    fresh: Callable[[int], torch.Tensor] | None = None
+    fresh_count: int = 0  # data.augment_views under fresh_views: passes a method averages
+    # encode passes ahead, all at once (each image decoded once); a no-op without fresh passes
+    prefetch: Callable[[list[int]], None] | None = None
 
     def __len__(self):
         return len(self.indices)
+
+    @property
+    def n_views(self) -> int:
+        """Augmented passes a method that averages views (Tip-Adapter's cache) should use."""
+        if self.fresh is not None:
+            return self.fresh_count
+        return 0 if self.views is None else len(self.views)
+
+    def prefetch_passes(self, ks) -> None:
+        if self.fresh is not None and self.prefetch is not None:
+            self.prefetch(list(ks))
+
+    def augmented(self, k: int) -> torch.Tensor:
+        """Raw features of augmented pass ``k``: a fresh pass (``fresh_views``), else cached view
+        ``k mod V``; a ``UserError`` when the split has neither."""
+        if self.fresh is not None:
+            return self.fresh(k)
+        if self.views is not None and len(self.views):
+            return self.views[k % len(self.views)]
+        from medadapt.errors import UserError
+        raise UserError("this method needs augmented training features: set data.fresh_views: "
+                        "true (a fresh pass per epoch) or data.augment_views >= 1")
 
 
 class _PixelDS(torch.utils.data.Dataset):
@@ -114,6 +143,8 @@ class Engine:
         # an experiment tracker (medadapt.engine.trackers.Tracker) or None: per-step loss and
         # learning rate, per-epoch loss and validation accuracy
         self.tracker = None
+        self._first_draw = 0
+        self._method_lr = None
 
     # -- batches ---------------------------------------------------------------------------------
     def steps_per_epoch(self, n: int) -> int:
@@ -124,7 +155,10 @@ class Engine:
             return n // bs
         return max(1, math.ceil(n / bs))
 
-    def batches(self, method: Method, split: Split, shuffle: bool, epoch: int = 0, train=True):
+    def batches(self, method: Method, split: Split, shuffle: bool, epoch: int = 0, train=True,
+                draw: int | None = None):
+        """Batches of one pass; a training pass of a split with fresh augmented passes
+        (``data.fresh_views``) uses pass ``draw`` (default: ``epoch``)."""
         bs = self.cfg["batch_size"]
         n = len(split)
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
@@ -141,7 +175,10 @@ class Engine:
                 yield self._batch(split, js, images=xs)
             return
         feats = split.features
-        if train and split.views is not None and len(split.views):
+        if train and split.fresh is not None:
+            # a fresh augmented pass per epoch, as the reference loops draw (exact)
+            feats = split.fresh(epoch if draw is None else draw)
+        elif train and split.views is not None and len(split.views):
             # one pre-encoded augmented view per item and epoch (the un-augmented view is the
             # eval transform's, which the references never train on)
             feats = split.views[view_schedule(n, len(split.views), epoch, self.seed), torch.arange(n)]
@@ -178,14 +215,25 @@ class Engine:
                 raise UserError(f"train.{key} must be one of {', '.join(valid)}, got {c[key]!r}")
 
     def lr(self, epoch: int, step: int, total: int, warm: int) -> float:
-        """The learning rate of a step (``step`` counts from 0 over the whole run)."""
+        """The learning rate of a step (``step`` counts from 0 over the whole run); a method's own
+        schedule (``Method.lr_schedule``) when it has one."""
+        if self._method_lr is not None:
+            return self._method_lr(epoch, step)
         if self.cfg["sched_unit"] == "epoch":
             return dassl_lr(epoch, self.cfg["epochs"], self.cfg)
         return lr_at(step, total, warm, self.cfg)
 
-    def train(self, method: Method, train: Split, val: Split | None = None) -> dict:
+    def train(self, method: Method, train: Split, val: Split | None = None,
+              first_draw: int = 0) -> dict:
+        """Train ``method``; with fresh augmented passes, epoch ``e`` uses pass
+        ``first_draw + e``."""
         c = self.cfg
         self._check()
+        self._first_draw = int(first_draw)
+        if not method.needs_images and hasattr(train, "prefetch_passes"):
+            train.prefetch_passes(range(self._first_draw, self._first_draw + int(c["epochs"])))
+        sched = getattr(method, "lr_schedule", None)
+        self._method_lr = sched(c) if callable(sched) else None
         params = [p for p in method.parameters() if p.requires_grad]
         if not params:
             return {"epochs": 0}
@@ -230,7 +278,8 @@ class Engine:
         step = start_epoch * steps_per_epoch
         for epoch in range(start_epoch, c["epochs"]):
             losses = []
-            for batch in self.batches(method, train, shuffle=True, epoch=epoch):
+            for batch in self.batches(method, train, shuffle=True, epoch=epoch,
+                                      draw=self._first_draw + epoch):
                 for g in opt.param_groups:
                     g["lr"] = self.lr(epoch, step, total, warm)
                 with torch.autocast(self.device.type, enabled=use_amp):

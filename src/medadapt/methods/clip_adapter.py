@@ -27,6 +27,7 @@ scale forced to 100 reaches 74.6%; with the backbone's own scale it needs lr ~0.
 """
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -71,6 +72,21 @@ class ResidualAdapter(nn.Module):
         return a * self.adapter(f) + (1 - a) * f
 
 
+_BIOMED_CA = "HealthX-Lab/BiomedCoOp@7ceb5a8 trainers/ClipAdapter/clip_adapter_biomedclip.py"
+
+
+def biomedcoop_lr(step: int, cfg: dict) -> float:
+    """BiomedCoOp's CLIP-Adapter schedule (``impl: biomedcoop``): ``ConstantWarmupScheduler``
+    around ``CosineAnnealingLR(T_max=epochs)``, both stepped after every batch. Steps
+    ``0 .. W-1`` (``W = train.warmup_epochs``, counted in steps) run at ``train.warmup_lr``;
+    step ``s >= W`` at ``lr / 2 (1 + cos(pi (s - W) / epochs))`` (the cosine keeps going past its
+    ``T_max``, up again, as torch's ``CosineAnnealingLR`` does)."""
+    w = int(cfg.get("warmup_epochs") or 0)
+    if step < w:
+        return float(cfg["warmup_lr"])
+    return 0.5 * float(cfg["lr"]) * (1 + math.cos(math.pi * (step - w) / max(1, int(cfg["epochs"]))))
+
+
 @register_method("clip-adapter")
 class CLIPAdapter(Method):
     paper = "Gao et al., CLIP-Adapter: Better Vision-Language Models with Feature Adapters, IJCV 2024"
@@ -83,7 +99,17 @@ class CLIPAdapter(Method):
                       "epochs": 200, "batch_size": 32, "warmup_epochs": 1, "warmup": "constant",
                       "warmup_lr": 1e-5, "grad_clip": 0.0}
     sources: ClassVar[dict[str, str]] = {
-        "method.impl": "paper: this method as its own paper's release runs it; biomedcoop: as BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes)",
+        "method.impl": ("paper: this method as its own paper's release runs it; biomedcoop: as "
+                        "BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes): "
+                        f"{_BIOMED_CA} lines 245-253: the blend alpha A(f) + (1 - alpha) f is NOT "
+                        "normalised again before the logits; lines 115-120, 151: plain SGD, "
+                        "CosineAnnealingLR(T_max=train_epoch) inside a ConstantWarmupScheduler "
+                        "(WARMUP_EPOCH 1, WARMUP_CONS_LR 1e-5), both stepped every BATCH: step 0 "
+                        "at warmup_lr, step s >= W at lr/2 (1 + cos(pi (s - W) / epochs)), a "
+                        "cosine of period 2 epochs-many steps. The rest are settings a recipe sets "
+                        "(normalize_input true, alpha 0.5, lr 0.01, epochs 20, momentum 0, "
+                        "weight_decay 0, drop_last false: configs/trainers/CLIP_Adapter/"
+                        "few_shot.yaml, lines 86-87 / 136-137 / 249)"),
         "method.adapt": "gaopengcuhk/CLIP-Adapter clip_adapter.py (visual adapter only)",
         "method.reduction": "clip_adapter.py: Adapter(1024, 4)",
         "method.alpha": "clip_adapter.py: ratio = 0.2",
@@ -130,7 +156,16 @@ class CLIPAdapter(Method):
             f = F.normalize(f, dim=-1)
         if self.image_adapter is not None:
             f = self.image_adapter(f)
+        if self.cfg.get("impl") == "biomedcoop":
+            return f  # the blend enters the logits as it is (clip_adapter_biomedclip.py l. 249-253)
         return F.normalize(f, dim=-1)
+
+    def lr_schedule(self, train_cfg: dict):
+        """``impl: biomedcoop``: the per-batch warm-up + cosine of :func:`biomedcoop_lr`; the
+        paper implementation keeps the engine's schedule (None)."""
+        if self.cfg.get("impl") != "biomedcoop":
+            return None
+        return lambda epoch, step: biomedcoop_lr(step, train_cfg)
 
     def adapted_text(self) -> torch.Tensor:
         t = self.text_features

@@ -18,6 +18,10 @@ from medadapt.errors import UserError
 from medadapt.methods.base import Batch, Method, register_method
 
 
+_BIOMED_LP = "HealthX-Lab/BiomedCoOp@7ceb5a8 trainers/LP/linear_probe_biomedclip.py"
+BIOMEDCOOP_LP_STEPS = 8  # configs/trainers/LP/few_shot.yaml line 18 num_step: 8
+
+
 @register_method("linear-probe")
 class LinearProbe(Method):
     paper = "Radford et al., ICML 2021, Sec. 3.2 / App. A.3"
@@ -29,7 +33,15 @@ class LinearProbe(Method):
     data_defaults = {"augment_views": 0}  # CLIP's linear probe: eval-transform features only
     learned_buffers = ("weight", "bias")
     sources = {
-        "method.impl": "paper: this method as its own paper's release runs it; biomedcoop: as BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes)",
+        "method.impl": ("paper: this method as its own paper's release runs it; biomedcoop: as "
+                        "BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes): "
+                        f"{_BIOMED_LP} lines 61-69: trained on the features of ONE augmented pass "
+                        "(data.fresh_views pass 0, or cached view 1), L2-normalised; lines 95-145: "
+                        "C = the first best of method.coarse_grid IN ITS ORDER (np.argmax; the "
+                        "port's list is 1e6, 1e4, ..., 1e-6), then a binary search of "
+                        f"{BIOMEDCOOP_LP_STEPS} steps (configs/trainers/LP/few_shot.yaml num_step 8) "
+                        "between C/10 and 10C on log10 midpoints, the classifier of the last step "
+                        "kept"),
         "method.C": "CLIP paper App. A.3: C chosen on a validation split (null: search)",
         "method.coarse_grid": ("KaiyangZhou/CoOp lpclip/linear_probe.py: first sweep over C in "
                                "1e6, 1e4, ..., 1e-6 (decades 2 apart)"),
@@ -56,14 +68,50 @@ class LinearProbe(Method):
     def _score(self, clf, xv, yv) -> float:
         return float((clf.predict(xv) == yv).mean())
 
+    def _binary_search(self, x, y, xv, yv, info: dict):
+        """BiomedCoOp's C search (``impl: biomedcoop``, lines 95-145 of the port): returns the
+        classifier of the last step."""
+        def acc(clf):
+            return float(np.sum(clf.predict(xv) == yv) / len(yv))
+        grid = [float(c) for c in self.cfg["coarse_grid"]]
+        accs = [acc(self._fit_lr(x, y, c)) for c in grid]
+        peak = grid[int(np.argmax(accs))]  # the first best, in the grid's order
+        c_left, c_right = 1e-1 * peak, 1e1 * peak
+        steps, final, c_final = [], None, None
+        for _ in range(BIOMEDCOOP_LP_STEPS):
+            left, right = self._fit_lr(x, y, c_left), self._fit_lr(x, y, c_right)
+            a_left, a_right = acc(left), acc(right)
+            if a_left < a_right:
+                final, c_final = right, c_right
+                lo, hi = 0.5 * (np.log10(c_right) + np.log10(c_left)), np.log10(c_right)
+            else:
+                final, c_final = left, c_left
+                lo, hi = np.log10(c_left), 0.5 * (np.log10(c_right) + np.log10(c_left))
+            steps.append({"C_left": c_left, "C_right": c_right, "val_left": a_left,
+                          "val_right": a_right})
+            c_left, c_right = float(np.power(10, lo)), float(np.power(10, hi))
+        info["C_selection"] = {"coarse": {f"{c:.3g}": a for c, a in zip(grid, accs)},
+                               "binary_search": steps}
+        return final, float(c_final)
+
     def fit(self, train, val, engine) -> dict:
-        x = F.normalize(train.features.float(), dim=-1).numpy()
+        biomed = self.cfg.get("impl") == "biomedcoop"
+        # impl biomedcoop: the features of one augmented pass (the port's train loader)
+        xt = train.augmented(0) if biomed else train.features
+        x = F.normalize(xt.float(), dim=-1).numpy()
         y = train.labels.numpy()
         if len(np.unique(y)) < 2:
             raise UserError("linear probe needs training images from at least two classes")
         info = {}
         C = self.cfg["C"]
-        if C is None:
+        clf = None
+        if C is None and biomed:
+            if val is None or len(val.labels) == 0:
+                raise UserError("linear-probe (impl: biomedcoop) searches C on the few-shot "
+                                "validation set, and there is none")
+            xv = F.normalize(val.features.float(), dim=-1).numpy()
+            clf, C = self._binary_search(x, y, xv, val.labels.numpy(), info)
+        elif C is None:
             if val is None or len(val.labels) == 0:
                 C = 1.0
                 info["C_selection"] = "no validation set: C=1"
@@ -77,7 +125,8 @@ class LinearProbe(Method):
                     scores[float(c)] = self._score(self._fit_lr(x, y, float(c)), xv, yv)
                 C = max(scores, key=lambda c: (scores[c], -abs(np.log10(c))))
                 info["C_selection"] = {f"{k:.3g}": v for k, v in sorted(scores.items())}
-        clf = self._fit_lr(x, y, C)
+        if clf is None:
+            clf = self._fit_lr(x, y, C)
         n = len(self.texts.classnames)
         w = np.zeros((n, x.shape[1]), dtype=np.float32)
         b = np.full(n, -1e4, dtype=np.float32)  # classes absent from training never win

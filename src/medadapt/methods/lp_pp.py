@@ -14,9 +14,10 @@ from the few-shot features:
 
 * ``W`` starts at the per-class *sum* of the training features (``compute_centroids``, no
   division); ``b`` keeps ``nn.Linear``'s default initialisation;
-* ``alpha`` starts, for every class, at ``250 / K * mean(K * A)`` where ``A[c, c']`` is the mean
-  text logit ``f . t_c'`` of class ``c``'s training images (``calculate_init_alpha``; the ``K``
-  cancel);
+* ``alpha`` starts, for every class, at ``250 / K * mean_c(K * a_c)`` where ``a_c`` is the mean
+  text logit ``f . t_c`` of class ``c``'s training images for their own class
+  (``calculate_init_alpha`` / ``compute_centroids_alpha``, which multiplies the one-hot labels
+  with the text logits; the ``K`` cancel);
 * step sizes from the Lipschitz constants of the loss: ``lr_W = 4N / lambda_max(F^T F)``
   (``calculate_lr_w``) for SGD with momentum 0.9 on ``(W, b)``, and
   ``lr_alpha = N / (4 max_c sum_i (f_i . t_c)^2)`` (``calculate_lr_alpha``);
@@ -59,12 +60,14 @@ def lr_alpha(features: torch.Tensor, text: torch.Tensor) -> float:
 
 def init_alpha(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, shots: int,
                n_classes: int, scale: float = 250.0) -> float:
-    """``mean(scale / K * K * A)``, ``A[c]`` = class ``c``'s mean text logits
-    (``calculate_init_alpha`` with ``compute_centroids_alpha``)."""
+    """``mean_c(scale / K * K * a_c)``, ``a_c`` = the mean over class ``c``'s images of their text
+    logit for their *own* class, ``f . t_c`` (``calculate_init_alpha`` with
+    ``compute_centroids_alpha``: ``one_hot * (F T^T) / counts`` summed over images keeps only the
+    own-class entry of each row, i.e. the diagonal of the class-by-class mean logits)."""
     logits = features.double() @ text.double().T  # [N, C]
     onehot = F.one_hot(labels, n_classes).double()  # [N, C]
-    means = (onehot.T @ logits) / onehot.sum(0).clamp_min(1)[:, None]  # [C, C]
-    return float((scale / shots * (means * shots)).mean())
+    own = (onehot * logits).sum(0) / onehot.sum(0).clamp_min(1)  # [C]
+    return float((scale / shots * (own * shots)).mean())
 
 
 def class_sums(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -82,7 +85,13 @@ class LPPlusPlus(Method):
                 "alpha_grad": "accumulate", "text_mode": "ensemble", "select_on_val": True,
                 "impl": "paper"}
     sources: ClassVar[dict[str, str]] = {
-        "method.impl": "paper: this method as its own paper's release runs it; biomedcoop: as BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes)",
+        "method.impl": ("paper: this method as its own paper's release runs it; biomedcoop: as "
+                        "BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes): "
+                        "HealthX-Lab/BiomedCoOp@7ceb5a8 trainers/LP2/linear_probe_p2_biomedclip.py "
+                        "lines 68-78: trained on the features of ONE augmented pass (data."
+                        "fresh_views pass 0, or cached view 1), L2-normalised; line 92: W starts at "
+                        "the class sums of features.half() (fp16-rounded); everything else as the "
+                        "paper implementation"),
         "method.epochs": f"{_REPO} configs/base.yaml train_epoch: 300 (linear-probe: 300); "
                          "BiomedCoOp configs/trainers/LP/few_shot.yaml train_epoch: 300",
         "method.alpha_every": f"{_REPO} methods/linear_probe_p2.py: if (epoch + 1) % 10 == 0",
@@ -116,7 +125,9 @@ class LPPlusPlus(Method):
         if train.features is None or len(train) == 0:
             raise UserError("lp++: no training images")
         dev = self.text_features.device
-        x = F.normalize(train.features.float(), dim=-1).to(dev)
+        biomed = self.cfg.get("impl") == "biomedcoop"
+        xt = train.augmented(0) if biomed else train.features  # the port: one augmented pass
+        x = F.normalize(xt.float(), dim=-1).to(dev)
         y = train.labels.to(dev)
         c = len(self.texts.classnames)
         counts = torch.bincount(y, minlength=c)
@@ -128,7 +139,10 @@ class LPPlusPlus(Method):
         text_logits = x @ t.T
         lin = nn.Linear(x.shape[1], c, bias=True).to(dev)  # default init of the bias, as released
         with torch.no_grad():
-            lin.weight.copy_(class_sums(x, y, c))
+            if biomed:  # compute_centroids(features.half() ...): sums of fp16 features, in fp16
+                lin.weight.copy_(class_sums(x.half().float(), y, c).half().float())
+            else:
+                lin.weight.copy_(class_sums(x, y, c))
         lr, lr_a = lr_w(x), lr_alpha(x, t)
         a0 = init_alpha(x, y, t, shots, c, float(self.cfg["alpha_scale"]))
         alpha = torch.full((c,), a0, device=dev, requires_grad=True)

@@ -29,6 +29,8 @@ are kept. Ties keep the first grid point (smallest beta, then smallest alpha).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -71,6 +73,29 @@ def search_alpha_beta(f: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
 # BiomedCoOp's medical Tip-Adapter config; read from a public fork of BiomedCoOp
 # (tongdiedie/BiomedAP), the upstream file is not in the searchable copy.
 _BIOMED_TIP = "HealthX-Lab/BiomedCoOp configs/trainers/TiP_Adapter/few_shot.yaml"
+_BIOMED_TIP_PY = "HealthX-Lab/BiomedCoOp@7ceb5a8 trainers/TipAdapter/tip_adapter_biomedclip.py"
+# impl: biomedcoop. The logit scale is a literal in every logits line of the BiomedCLIP port
+# (lines 63, 81, 100, 111, 140, 164, 192, 221; trainers/utils.py line 100), BiomedCLIP's own
+# exp(logit_scale) rounded, on any backbone.
+BIOMEDCOOP_LOGIT_SCALE = 85.2323
+# configs/trainers/TiP_Adapter/few_shot.yaml @7ceb5a8: grid_search True (line 19),
+# init_alpha_scale 10 (line 28): the initial alpha is searched over range(10) = 0, 1, ..., 9
+BIOMEDCOOP_INIT_ALPHAS = tuple(range(10))
+_IMPL_SOURCE = (
+    "paper: this method as its own paper's release runs it; biomedcoop: as BiomedCoOp's main.py "
+    f"port runs it (recipes only, see medadapt recipes): {_BIOMED_TIP_PY}: logits at the fixed "
+    f"scale {BIOMEDCOOP_LOGIT_SCALE} (lines 63, 100, 140; trainers/utils.py search_hp_tip_biomedclip "
+    "line 100), the alpha/beta search keeps (0, 0) when no grid point beats 0% (utils.py lines "
+    "89-107); the cache from data.augment_views augmented passes (few_shot.yaml augment_epoch 1, "
+    "utils.py build_cache_model lines 15-39). Tip-Adapter-F (finetune: True) additionally: the "
+    "initial alpha searched over range(init_alpha_scale = 10) (lines 104-118), each candidate "
+    "training the keys for train.epochs epochs (fresh AdamW, cosine per step, lines 199-241) - and "
+    "since every adapter's weight is nn.Parameter(cache_keys.t()) (lines 96-97, 200-201), a view "
+    "of the same storage, the ten trainings continue one another (alpha 0, then 1, ... 9) and the "
+    "kept keys are those after all ten; the main loop's optimizer holds the first adapter's "
+    "parameter, not the kept one, so it changes nothing (it trains, with the best-validation "
+    "epoch kept, lines 124-174, only when no candidate beat 0% validation accuracy); then the "
+    "alpha/beta search on validation (line 187)")
 
 
 @register_method("tip-adapter")
@@ -84,7 +109,7 @@ class TipAdapter(Method):
     data_defaults = {"augment_views": 10}
     learned_buffers = ("cache_keys", "cache_values", "alpha_beta")
     sources = {
-        "method.impl": "paper: this method as its own paper's release runs it; biomedcoop: as BiomedCoOp's main.py port runs it (recipes only, see medadapt recipes)",
+        "method.impl": _IMPL_SOURCE,
         "method.init_alpha": (f"{_BIOMED_TIP} init_alpha 1 (Tip-Adapter's ImageNet config: 1.17)"),
         "method.init_beta": f"{_BIOMED_TIP} init_beta 1 (Tip-Adapter configs/imagenet.yaml: 1)",
         "method.search": f"{_BIOMED_TIP} search_hp True (on the validation split only)",
@@ -108,14 +133,29 @@ class TipAdapter(Method):
                                                          float(self.cfg["init_beta"])]),
                              persistent=False)
 
+    @property
+    def biomedcoop(self) -> bool:
+        return self.cfg.get("impl") == "biomedcoop"
+
+    def scale(self):
+        """The logit scale: the backbone's, or BiomedCoOp's literal 85.2323 (``impl``)."""
+        return BIOMEDCOOP_LOGIT_SCALE if self.biomedcoop else self.backbone.logit_scale
+
     # --- cache ----------------------------------------------------------------------------------
     def build_cache(self, train) -> None:
         if train.features is None or len(train) == 0:
             raise UserError(f"{self.name}: no training images for the cache")
         keys = F.normalize(train.features.float(), dim=-1)
-        if train.views is not None and len(train.views):
+        n = getattr(train, "n_views", 0) if hasattr(train, "augmented") else 0
+        if n and hasattr(train, "prefetch_passes"):
+            train.prefetch_passes(range(n))
+        if n:
             # Tip-Adapter's build_cache_model: mean of the raw features of the augmented views
-            # (augment_epoch of them, the un-augmented image is not among them), then normalise
+            # (augment_epoch of them, the un-augmented image is not among them), then normalise;
+            # cached views or, with data.fresh_views, fresh passes 0..V-1
+            keys = F.normalize(torch.stack([train.augmented(k).float() for k in range(n)]).mean(0),
+                               dim=-1)
+        elif train.views is not None and len(train.views):
             keys = F.normalize(train.views.float().mean(0), dim=-1)
         values = F.one_hot(train.labels, len(self.texts.classnames)).float()
         dev = self.text_features.device
@@ -135,8 +175,10 @@ class TipAdapter(Method):
             fv = F.normalize(val.features.float(), dim=-1).to(self.text_features.device)
             a, b, acc = search_alpha_beta(fv, val.labels.to(fv.device), self.text_features,
                                           self.keys().detach(), self.cache_values,
-                                          float(self.backbone.logit_scale),
+                                          float(self.scale()),
                                           self.cfg["search_scale"], self.cfg["search_step"])
+        if self.biomedcoop and acc <= 0:
+            a, b = 0.0, 0.0  # search_hp_tip_biomedclip: best_beta, best_alpha = 0, 0 kept
         self.alpha_beta = torch.tensor([a, b], device=self.alpha_beta.device)
         info["alpha_beta_selection"] = {"val_accuracy": acc, "n_val": len(val)}
 
@@ -154,7 +196,7 @@ class TipAdapter(Method):
         f = self.image_features(batch)
         a, b = self.alpha_beta[0], self.alpha_beta[1]
         return tip_logits(f, self.text_features.to(f.device), self.keys().to(f.device),
-                          self.cache_values.to(f.device), a, b, self.backbone.logit_scale)
+                          self.cache_values.to(f.device), a, b, self.scale())
 
 
 @register_method("tip-adapter-f")
@@ -200,12 +242,87 @@ class TipAdapterF(TipAdapter):
         self.build_cache(train)
         self.alpha_beta = torch.tensor([float(self.cfg["init_alpha"]), float(self.cfg["init_beta"])],
                                        device=self.alpha_beta.device)
-        info = dict(engine.train(self, train, None))
+        if self.biomedcoop:
+            info = self._fit_biomedcoop(train, val, engine)
+        else:
+            # fresh passes 0..V-1 built the cache: training epochs draw the next ones
+            info = dict(engine.train(self, train, None, first_draw=getattr(train, "n_views", 0)))
         self._search(val, info)
         info["alpha"], info["beta"] = float(self.alpha_beta[0]), float(self.alpha_beta[1])
         if val is not None and len(val):
             info["val_accuracy"] = engine.accuracy(self, val)
         return info
+
+    # --- impl: biomedcoop ------------------------------------------------------------------------
+    def _val_correct(self, xv, yv, alpha: float, beta: float) -> int:
+        with torch.no_grad():
+            lg = tip_logits(xv, self.text_features, self.adapter_keys, self.cache_values, alpha,
+                            beta, BIOMEDCOOP_LOGIT_SCALE)
+        return int((lg.argmax(1) == yv).sum())
+
+    def _train_keys(self, train, engine, alpha: float, beta: float, first: int,
+                    val=None) -> int | None:
+        """One training of the keys as ``search_init_hp`` / the main loop run it: a fresh AdamW
+        (lr, eps, weight decay of the settings), ``CosineAnnealingLR(T_max = epochs x batches)``
+        stepped every batch, no warm-up, loss = CE of the Tip logits at (alpha, beta); epoch
+        ``e`` trains on augmented pass ``first + e``. With ``val``: the keys of the epoch with the
+        best validation accuracy (strictly better, from 0) are kept; returns that count."""
+        c = engine.cfg
+        opt = torch.optim.AdamW([self.adapter_keys], lr=c["lr"], eps=float(c["eps"]),
+                                weight_decay=c["weight_decay"])
+        total = int(c["epochs"]) * engine.steps_per_epoch(len(train))
+        step, best, kept = 0, 0, None
+        text, values = self.text_features, self.cache_values
+        for e in range(int(c["epochs"])):
+            for batch in engine.batches(self, train, shuffle=True, epoch=first + e, draw=first + e):
+                for g in opt.param_groups:
+                    g["lr"] = 0.5 * c["lr"] * (1 + math.cos(math.pi * step / max(1, total)))
+                f = self.image_features(batch)
+                lg = tip_logits(f, text, self.adapter_keys, values, alpha, beta,
+                                BIOMEDCOOP_LOGIT_SCALE)
+                loss = F.cross_entropy(lg, batch.labels)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+            if val is not None:
+                n = self._val_correct(*val, alpha, beta)
+                if n > best:
+                    best, kept = n, self.adapter_keys.detach().clone()
+        if val is not None and kept is not None:
+            with torch.no_grad():
+                self.adapter_keys.copy_(kept)
+        return best if val is not None else None
+
+    def _fit_biomedcoop(self, train, val, engine) -> dict:
+        """Tip-Adapter-F as BiomedCoOp's port runs it (see ``sources['method.impl']``)."""
+        if val is None or len(val) == 0:
+            raise UserError("tip-adapter-f (impl: biomedcoop) searches its initial alpha on the "
+                            "few-shot validation set, and there is none")
+        dev = self.text_features.device
+        xv = F.normalize(val.features.float(), dim=-1).to(dev)
+        yv = val.labels.to(dev)
+        beta = float(self.cfg["init_beta"])
+        alpha = float(self.cfg["init_alpha"])
+        draw = getattr(train, "n_views", 0)  # passes 0..V-1 built the cache
+        epochs = int(engine.cfg["epochs"])
+        if hasattr(train, "prefetch_passes"):  # the cache's passes and the ten trainings' ones
+            train.prefetch_passes(range(draw, draw + len(BIOMEDCOOP_INIT_ALPHAS) * epochs))
+        grid, best, chosen = [], 0, False
+        self.train()
+        for a in BIOMEDCOOP_INIT_ALPHAS:
+            # the keys are shared storage: each candidate continues from the previous one
+            self._train_keys(train, engine, float(a), beta, draw)
+            draw += epochs
+            n = self._val_correct(xv, yv, float(a), beta)
+            grid.append(n / len(yv))
+            if n > best:
+                best, alpha, chosen = n, float(a), True
+        if not chosen:  # only then does the main loop change the keys
+            self._train_keys(train, engine, alpha, beta, draw, val=(xv, yv))
+        self.eval()
+        return {"epochs": epochs, "init_alpha_grid": grid, "init_alpha": alpha,
+                "main_loop_trained": not chosen, "augmented_passes": draw}
 
     def load_learned_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         if "adapter_keys" in sd:

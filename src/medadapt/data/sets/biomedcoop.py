@@ -73,7 +73,8 @@ def _drive(file_id: str) -> str:
 
 
 # Class names: the split files in ../shared/data/biomedcoop-splits (tests check them), except
-# OCTMNIST whose split file is not available here (MedMNIST's label order and DATASETS.md names).
+# OCTMNIST whose split file is not available here (MedMNIST's label order; the names as BiomedCoOp's
+# prompt_templates.py keys its descriptions).
 # Templates: Biomed-DPT's CUSTOM_BIOMEDDPT_TEMPLATES.
 BIOMEDCOOP_SETS: dict[str, BiomedCoOpSet] = {s.name: s for s in [
     BiomedCoOpSet(
@@ -165,7 +166,10 @@ BIOMEDCOOP_SETS: dict[str, BiomedCoOpSet] = {s.name: s for s in [
         "02b10f1b789d7e27b9e7903c5e36501e9dabaa17a71fa5fb0fd41ecf1d4b63cb"),
     BiomedCoOpSet(
         "biomedcoop-octmnist", "OCTMNIST",
-        ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
+        # the 4th name as BiomedCoOp's prompts and descriptions key it (trainers/prompt_templates.py
+        # BIOMEDCOOP_TEMPLATES "normal OCT scan", line 3804 @7ceb5a8; its trainers look descriptions
+        # up by the split file's class name), not MedMNIST's "normal"
+        ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal OCT scan"),
         "OCT", "retina", "a OCT photo of a {}.", "generic", "https://medmnist.com",
         _drive("1mYZNWxbPxnnVvcwHQYybA8gdMzQAoOem"), (97477, 10832, 1000), "CC BY 4.0",
         "Yang J et al. MedMNIST v2. Sci Data 10, 41 (2023); Kermany DS et al. Cell 172(5), "
