@@ -50,7 +50,8 @@ DEFAULTS: dict = {
         "base": None,  # explicit base classes for base-to-novel (default: first half)
         "novel": None,
         "train_domain": None,  # cross-domain: the domain to train on (default: the first)
-        "batch_size": 64,  # feature extraction batch size
+        "batch_size": None,  # feature extraction batch size; null: by device (CPU 32, CUDA 128,
+                             # medadapt.engine.features.DEFAULT_BATCH)
         "workers": 0,  # data loader workers for feature extraction
         "precision": "auto",  # feature extraction autocast: auto (fp16 on CUDA) | fp32 | fp16 | bf16
         # cached-feature methods train on V pre-encoded augmented views of each training image
@@ -179,6 +180,7 @@ _POSITIVE = {"train.epochs", "train.batch_size", "data.batch_size", "train.lr", 
 ENUMS = {"train.optimizer": ("sgd", "adamw"), "train.warmup": ("constant", "linear"),
          "train.sched_unit": ("epoch", "step"), "train.backbone_mode": ("eval", "train"),
          "data.precision": ("auto", "fp32", "fp16", "bf16"),
+         "train.amp_dtype": ("auto", "fp16", "bf16"),
          "data.sampler": ("medadapt", "dassl"), "data.b2n_draw": ("base", "all"),
          "method.impl": ("paper", "biomedcoop")}
 # data settings that only mean something under one protocol
@@ -325,7 +327,7 @@ def validate(cfg: dict, method_defaults: dict, train_schema: dict) -> None:
 
 
 _DATA_NULLABLE = {"fraction", "base", "novel", "train_domain", "max_image_pixels", "split_file",
-                  "options", "val_shots", "sample_seed"}
+                  "options", "val_shots", "sample_seed", "batch_size"}
 
 
 def _check_data(d: dict) -> None:

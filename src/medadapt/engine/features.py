@@ -43,6 +43,20 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+# Feature-extraction batch by device (``data.batch_size: null``, the default). CPU: 32 - a batch
+# brings a CPU nothing to amortise and a larger one spills the caches (ViT-B/16, 224 px: 0.26 s
+# per image at 64 vs 0.17 s at 32 in the issue's measurement; benchmarks/feature_batch.py and
+# benchmarks/results/feature_batch_cpu.json for this repository's). CUDA / other accelerators: 128
+# (fills the device; the images/s by batch size are measured by benchmarks/gpu_check.py).
+DEFAULT_BATCH = {"cpu": 32, "cuda": 128}
+
+
+def default_batch_size(device) -> int:
+    """The feature-extraction batch size for ``device`` when ``data.batch_size`` is null."""
+    kind = torch.device(device).type
+    return DEFAULT_BATCH.get(kind, DEFAULT_BATCH["cuda"])
+
+
 def _seed_for(item_id: str, view: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{item_id}|{view}".encode()).digest()[:8], "little") % (2**63)
 
@@ -124,10 +138,11 @@ class FeatureCache:
         return {k: i for i, k in enumerate(ids)}, feats
 
     def encode(self, backbone, ds: DataSet, idx: Sequence[int], view: int = 0,
-               batch_size: int = 64, workers: int = 0, skip_bad: bool = False,
+               batch_size: int | None = None, workers: int = 0, skip_bad: bool = False,
                progress: bool = True, desc: str = "encoding images") -> tuple[torch.Tensor, list[int]]:
         """Features ``[len(ok), D]`` (float32, raw) for ``idx`` and the list of bad indices
-        (unreadable images, only with ``skip_bad``)."""
+        (unreadable images, only with ``skip_bad``). ``batch_size`` None: the device's default
+        (:func:`default_batch_size`)."""
         idx = list(idx)
         path = self.root / f"{self.key(backbone, ds, view)}.safetensors"
         pos, cached = self._load(path, backbone.embed_dim) if self.enabled else ({}, None)
@@ -138,6 +153,7 @@ class FeatureCache:
         if missing:
             t = backbone.train_preprocess if view > 0 else backbone.preprocess
             dev = backbone.device
+            batch_size = int(batch_size or default_batch_size(dev))
             loader = torch.utils.data.DataLoader(
                 _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad), batch_size=batch_size,
                 num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
