@@ -56,7 +56,7 @@ sys.path.insert(0, str(HERE))
 
 SECTIONS = ("methods", "features", "train", "instruct", "tables")
 # wall-time caps per section (seconds) for --size full on one H100: 8 minutes in all with setup
-CAPS = {"setup": 60, "methods": 190, "features": 40, "train": 100, "instruct": 50, "tables": 10}
+CAPS = {"setup": 60, "methods": 170, "features": 35, "train": 90, "instruct": 60, "tables": 10}
 # first-step losses: |loss_amp - loss_fp32| <= TOL * max(1, |loss_fp32|)
 TOL = {"fp16": 0.02, "bf16": 0.05}
 CLASSES = {"adipose": ((230, 40, 40), ["fat vacuoles"]),
@@ -547,7 +547,7 @@ def section_instruct(args, ctx, budget: Budget) -> dict:
         from transformers import Qwen2VLForConditionalGeneration
         cfg = _qwen2vl_full_config(FAMILIES["qwen2-vl"]["specials"], depth=4, vision_depth=4)
         torch.manual_seed(0)
-        model = Qwen2VLForConditionalGeneration(cfg)
+        model = Qwen2VLForConditionalGeneration(cfg).to(torch.bfloat16)  # trained in bf16
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(folder)
         model.generation_config.eos_token_id = tok.eos_token_id
@@ -776,6 +776,12 @@ def main(argv=None) -> int:
     args.methods = [m for m in args.methods.split(",") if m] if args.methods else None
     args.backbones = [b for b in args.backbones.split(",") if b]
     args.precisions = [p for p in args.precisions.split(",") if p]
+    wrong = [b for b in args.backbones if b not in ("biomedclip", "plip")] + \
+        [p for p in args.precisions if p not in ("fp32", "fp16", "bf16")]
+    if wrong or not args.backbones:
+        print(f"gpu_check: unknown backbone or precision {wrong}; backbones: biomedclip, plip; "
+              "precisions: fp32, fp16, bf16", file=sys.stderr)
+        return 2
     if "fp32" not in args.precisions:
         args.precisions.insert(0, "fp32")
     if args.device == "cpu" and "fp16" in args.precisions and args.size == "full":
@@ -802,11 +808,12 @@ def main(argv=None) -> int:
     full = args.size == "full"
     b = Budget(CAPS["setup"] * args.cap_scale)
     data = standin_data(root / "data")
+    log(f"setup: stand-in data set written ({b.spent()} s)")
     backbones = {}
     for name, build in (("biomedclip", build_biomedclip), ("plip", build_plip)):
         if name in args.backbones:
             backbones[name] = build(root / "models" / name, full)
-    log(f"setup: data and replicas built in {b.spent()} s")
+            log(f"setup: {name} replica ({args.size}) built ({b.spent()} s)")
     probe = Probe()
     probe.device = args.device
     probe.install()
