@@ -433,6 +433,26 @@ def section_features(args, ctx, budget: Budget) -> dict:
         log(f"features {prec}: bare {rec['bare']['images_per_s']} img/s, medadapt "
             f"{rec['medadapt']['images_per_s']} img/s, forward-only {rec['forward_only']['images_per_s']}, "
             f"cache hit {rec['cache_hit']['images_per_s']} img/s")
+    # the device-aware default batch (engine.features.DEFAULT_BATCH): forward images/s by batch
+    out["forward_by_batch"] = {}
+    prec = precs[-1]
+    dtype = autocast_dtype(prec, torch.device(dev).type)
+    for b in ((32, 64, 128, 256) if dev.startswith("cuda") else (8, 32)):
+        if budget.left() <= 0:
+            out["forward_by_batch"][str(b)] = {"skipped": "budget"}
+            continue
+        x = torch.randn(b, 3, bb.image_size, bb.image_size, device=dev)
+        with torch.inference_mode(), torch.autocast(torch.device(dev).type, dtype=dtype,
+                                                    enabled=dtype is not None):
+            bb.encode_image(x)
+            sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                bb.encode_image(x)
+            sync(dev)
+        out["forward_by_batch"][str(b)] = {"precision": prec,
+                                           "images_per_s": round(3 * b / (time.perf_counter() - t0), 1)}
+    log(f"features forward by batch ({prec}): {json.dumps(out['forward_by_batch'])}")
     ctx["images_per_s"] = max((r["medadapt"]["images_per_s"] for r in out["by_precision"].values()
                                if "medadapt" in r), default=None)
     del bb
