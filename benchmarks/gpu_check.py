@@ -289,6 +289,18 @@ def base_cfg(args, data: dict, backbone: str, method: str, shots: int, precision
     return cfg
 
 
+def method_names(chosen: list[str] | None) -> list[str]:
+    """The chosen methods (each must be registered), or every registered method (not the
+    re-encoding variants this script registers for section 3)."""
+    from medadapt.methods import METHODS, load_all
+    load_all()
+    if chosen:
+        for m in chosen:
+            METHODS.get(m)  # an unknown name: one clear error
+        return list(chosen)
+    return [m for m in METHODS.names() if not m.endswith("-reencode")]
+
+
 def _finite(x) -> bool:
     return x is None or (isinstance(x, (int, float)) and math.isfinite(x))
 
@@ -299,7 +311,7 @@ def _finite(x) -> bool:
 def section_methods(args, ctx, budget: Budget) -> dict:
     from medadapt.methods import METHODS, load_all
     load_all()
-    names = sorted(METHODS) if not args.methods else args.methods
+    names = method_names(args.methods)
     out = {"tolerance": {k: f"|loss_{k} - loss_fp32| <= {v} * max(1, |loss_fp32|) on each of the "
                          "first training losses" for k, v in TOL.items()},
            "shots": 2, "epochs": 1, "runs": []}
@@ -474,8 +486,7 @@ def section_train(args, ctx, budget: Budget) -> dict:
     load_all()
     dev = args.device
     prec = "fp16" if dev.startswith("cuda") else "fp32"
-    names = [m for m in (sorted(METHODS) if not args.methods else args.methods)
-             if METHODS.get(m).trainable and not m.endswith("-reencode")]
+    names = [m for m in method_names(args.methods) if METHODS.get(m).trainable]
     out = {"backbone": args.backbones[0], "shots": 16, "classes": len(CLASSES), "precision": prec,
            "epochs_measured": args.train_epochs, "step_s": {}, "full_runs": {}}
     bb = ctx["backbones"][args.backbones[0]]

@@ -164,7 +164,7 @@ def test_feature_extraction_bf16(world, tmp_path):
     cos = torch.nn.functional.cosine_similarity(bf, f32, dim=-1)
     assert cos.min() > 0.99, cos
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
-    assert default_batch_size("cpu") == DEFAULT_BATCH["cpu"] == 32
+    assert default_batch_size("cpu") == DEFAULT_BATCH["cpu"] == 8
     assert default_batch_size(torch.device("cuda", 0)) == DEFAULT_BATCH["cuda"]
 
 

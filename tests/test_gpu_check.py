@@ -61,7 +61,7 @@ def test_methods_section(check):
 
 def test_features_section(check):
     f = check["json"]["sections"]["features"]
-    assert f["batch_size"] == 32  # the CPU default
+    assert f["batch_size"] == 8  # the CPU default
     assert set(f["by_precision"]) == {"fp32", "bf16"}
     for rec in f["by_precision"].values():
         for k in ("bare", "medadapt", "forward_only", "cache_hit"):
@@ -114,3 +114,16 @@ def test_bad_section_is_one_line(tmp_path):
     p = subprocess.run([sys.executable, str(SCRIPT), "--sections", "nope", "--device", "cpu",
                         "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2 and "unknown section" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_default_method_list_is_the_registry(monkeypatch):
+    """Without --methods the check covers every registered method (what the GPU run uses)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_check
+
+    from medadapt.errors import UserError
+    from medadapt.methods import METHODS
+    assert gpu_check.method_names(None) == METHODS.names() and len(METHODS.names()) >= 19
+    assert gpu_check.method_names(["coop"]) == ["coop"]
+    with pytest.raises(UserError, match="unknown method"):
+        gpu_check.method_names(["nope"])

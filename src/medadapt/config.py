@@ -50,7 +50,7 @@ DEFAULTS: dict = {
         "base": None,  # explicit base classes for base-to-novel (default: first half)
         "novel": None,
         "train_domain": None,  # cross-domain: the domain to train on (default: the first)
-        "batch_size": None,  # feature extraction batch size; null: by device (CPU 32, CUDA 128,
+        "batch_size": None,  # feature extraction batch size; null: by device (CPU 8, CUDA 128,
                              # medadapt.engine.features.DEFAULT_BATCH)
         "workers": 0,  # data loader workers for feature extraction
         "precision": "auto",  # feature extraction autocast: auto (fp16 on CUDA) | fp32 | fp16 | bf16

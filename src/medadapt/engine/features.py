@@ -43,12 +43,13 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-# Feature-extraction batch by device (``data.batch_size: null``, the default). CPU: 32 - a batch
-# brings a CPU nothing to amortise and a larger one spills the caches (ViT-B/16, 224 px: 0.26 s
-# per image at 64 vs 0.17 s at 32 in the issue's measurement; benchmarks/feature_batch.py and
-# benchmarks/results/feature_batch_cpu.json for this repository's). CUDA / other accelerators: 128
-# (fills the device; the images/s by batch size are measured by benchmarks/gpu_check.py).
-DEFAULT_BATCH = {"cpu": 32, "cuda": 128}
+# Feature-extraction batch by device (``data.batch_size: null``, the default). CPU: 8. A batch
+# brings a CPU nothing to amortise, and a larger one spills the caches: full-size ViT-B/16 at
+# 224 px, one thread, process CPU time per image 0.415 s at batch 8, 0.456 at 16, 0.469 at 32,
+# 0.483 at 64 (benchmarks/feature_batch.py, benchmarks/results/feature_batch_cpu.json; the issue
+# measured 0.26 s at 64 vs 0.17 s at 32 with two threads). CUDA and other accelerators: 128, to
+# fill the device (benchmarks/gpu_check.py records the forward images/s at 32-256; not yet run).
+DEFAULT_BATCH = {"cpu": 8, "cuda": 128}
 
 
 def default_batch_size(device) -> int:
