@@ -652,8 +652,9 @@ def section_tables(args, ctx, budget: Budget) -> dict:
         "per-step times of section 3 (16 shots x 4 classes, batch of the method, the device's "
         "default precision) are used for every run of that method; text-side cost grows with "
         "the class count, which is modelled as linear in C / 4 for cached-feature methods",
-        "steps per run = epochs x ceil(train items / batch) (Dassl drops the last partial batch), "
-        "train items = shots x classes (base classes only for base-to-novel)",
+        "steps per run = epochs x floor(train items / batch) (Dassl drops the last partial batch; "
+        "one step when fewer items than a batch), or n_iters_per_shot x shots (CLIP-LoRA); train "
+        "items = shots x classes (base classes only for base-to-novel)",
         "encoding: (1 + augment_views) x train items per (backbone, data set, shots, seed) at the "
         "measured medadapt images/s; test-set encoding is not counted (sizes unknown offline)",
         "methods without a measured step time (no gradient loop, or not measured) count 0 s of training",
@@ -686,6 +687,9 @@ def section_tables(args, ctx, budget: Budget) -> dict:
             bs = int(t.get("batch_size", 32) or 32)
             ep = int(t.get("epochs", 1) or 1)
             n_steps = ep * max(1, items // bs if items >= bs else 1)
+            n_iters = (cfg.get("method") or {}).get("n_iters_per_shot")
+            if n_iters:  # CLIP-LoRA: a fixed number of iterations per shot, not epochs
+                n_steps = int(n_iters) * k
             name = r.method_name
             step = steps.get(name)
             if step is None:
