@@ -114,10 +114,13 @@ def test_prompt_method_step_under_bf16_autocast(world, method, family):
     assert abs(losses[True] - losses[False]) <= 0.05 * max(1.0, abs(losses[False])), losses
 
 
-@pytest.mark.parametrize("method", ["coop", "clip-adapter", "tip-adapter-f", "clip-lora", "maple"])
-def test_fit_end_to_end_with_amp_bf16(world, method, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method,dtype", [("coop", "bf16"), ("clip-adapter", "bf16"),
+                                          ("tip-adapter-f", "bf16"), ("clip-lora", "bf16"),
+                                          ("maple", "bf16"), ("coop", "fp16")])
+def test_fit_end_to_end_with_amp(world, method, dtype, tmp_path, monkeypatch):
     """``medadapt fit`` with ``train.amp_dtype=bf16`` and ``data.precision=bf16`` on CPU: the
-    training steps run under bf16 autocast (seen from inside the loss) and the run finishes."""
+    training steps run under bf16 autocast (seen from inside the loss) and the run finishes;
+    fp16 (with gradient scaling) too."""
     from medadapt.cli import main
     from medadapt.engine import train as T
     seen = []
@@ -140,13 +143,14 @@ def test_fit_end_to_end_with_amp_bf16(world, method, tmp_path, monkeypatch):
              "tip-adapter-f": ["--set", "method.search_step=[3,3]"]}.get(method, [])
     rc = main(["fit", "--backbone", "tiny-open-clip-bpe", "--dataset", f"folder:{world / 'data'}",
                "--method", method, "--shots", "2", "--out", str(out), "--quiet",
-               "--set", "train.epochs=1", "--set", "train.amp_dtype=bf16",
-               "--set", "data.precision=bf16", "--set", "data.augment_views=1",
+               "--set", "train.epochs=1", "--set", f"train.amp_dtype={dtype}",
+               "--set", f"data.precision={dtype}", "--set", "data.augment_views=1",
                "--set", "train.checkpoint=false", *extra])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert np.isfinite(res["metrics"]["accuracy"])
-    assert seen and all(on and dt is torch.bfloat16 for on, dt in seen)
+    want = torch.bfloat16 if dtype == "bf16" else torch.float16
+    assert seen and all(on and dt is want for on, dt in seen)
 
 
 def test_feature_extraction_bf16(world, tmp_path):
