@@ -784,7 +784,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=None, help="comma-separated subset of methods (default: all)")
     ap.add_argument("--backbones", default="biomedclip,plip",
                     help="replicas for section 1; the first also serves sections 2 and 3")
-    ap.add_argument("--precisions", default="fp32,fp16,bf16")
+    ap.add_argument("--precisions", default="fp32,fp16,bf16",
+                    help="section 1: fp32 (always run, the reference) and the AMP dtypes to compare")
     ap.add_argument("--train-epochs", type=int, default=2, help="epochs measured in section 3")
     ap.add_argument("--views", type=int, default=10,
                     help="cached augmented views in section 3's medadapt arm (data.augment_views)")

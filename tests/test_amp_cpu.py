@@ -107,7 +107,7 @@ def test_prompt_method_step_under_bf16_autocast(world, method, family):
         assert all(p.dtype == torch.float32 for p in own)
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in own)
         assert all(p.grad is None or torch.isfinite(p.grad).all() for p in own)
-        losses[amp] = float(loss)
+        losses[amp] = float(loss.detach())
         m.eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             assert torch.isfinite(m(batch).float()).all()
