@@ -50,7 +50,8 @@ DEFAULTS: dict = {
         "base": None,  # explicit base classes for base-to-novel (default: first half)
         "novel": None,
         "train_domain": None,  # cross-domain: the domain to train on (default: the first)
-        "batch_size": 64,  # feature extraction batch size
+        "batch_size": None,  # feature extraction batch size; null: by device (CPU 8, CUDA 128,
+                             # medadapt.engine.features.DEFAULT_BATCH)
         "workers": 0,  # data loader workers for feature extraction
         "precision": "auto",  # feature extraction autocast: auto (fp16 on CUDA) | fp32 | fp16 | bf16
         # cached-feature methods train on V pre-encoded augmented views of each training image
@@ -102,7 +103,8 @@ TRAIN_DEFAULTS = {
     "grad_clip": 0.0,  # max gradient norm; 0 (default) disables: no reference trainer clips
     "backbone_mode": "eval",  # eval | train: the frozen backbone's module mode while training
     "drop_last": True,  # drop the last incomplete training batch when there is a full one (Dassl)
-    "amp": True,  # only used on CUDA
+    "amp": True,  # mixed precision in the training loop (see amp_dtype; false: always fp32)
+    "amp_dtype": "auto",  # auto (fp16 + grad scaling on CUDA, fp32 elsewhere) | fp16 | bf16
     "eval_every": 0,  # epochs between validation passes (0: only at the end)
     "checkpoint": True,  # save checkpoints during training (enables --resume)
     "checkpoint_every": 0,  # epochs between checkpoints; 0: about 20 per run
@@ -206,6 +208,7 @@ _POSITIVE = {"train.epochs", "train.batch_size", "data.batch_size", "train.lr", 
 ENUMS = {"train.optimizer": ("sgd", "adamw"), "train.warmup": ("constant", "linear"),
          "train.sched_unit": ("epoch", "step"), "train.backbone_mode": ("eval", "train"),
          "data.precision": ("auto", "fp32", "fp16", "bf16"),
+         "train.amp_dtype": ("auto", "fp16", "bf16"),
          "data.sampler": ("medadapt", "dassl"), "data.b2n_draw": ("base", "all"),
          "method.impl": ("paper", "biomedcoop")}
 # data settings that only mean something under one protocol
@@ -354,7 +357,7 @@ def validate(cfg: dict, method_defaults: dict, train_schema: dict) -> None:
 
 
 _DATA_NULLABLE = {"fraction", "base", "novel", "train_domain", "max_image_pixels", "split_file",
-                  "options", "val_shots", "sample_seed"}
+                  "options", "val_shots", "sample_seed", "batch_size"}
 
 
 def _check_data(d: dict) -> None:

@@ -43,6 +43,9 @@ class OpenCLIPBackbone(Backbone):
                                     getattr(visual.trunk, "num_features", 0))
         else:
             self.vision_width = int(visual.transformer.width)
+        for tr in (None if self._hf_text else getattr(model, "transformer", None),
+                   None if hasattr(visual, "trunk") else getattr(visual, "transformer", None)):
+            sequence_first(tr)
         self.freeze()
         with torch.inference_mode():
             self.embed_dim = int(self._encode_text(self.tokenize(["x"])).shape[-1])
@@ -131,6 +134,29 @@ class OpenCLIPBackbone(Backbone):
 
     def _logit_scale_param(self) -> torch.Tensor:
         return self.model.logit_scale
+
+
+def sequence_first(tr: nn.Module | None) -> bool:
+    """Run an open_clip ``Transformer`` stack sequence-first (``[L, B, D]``, OpenAI CLIP's layout)
+    instead of open_clip's default batch-first; same weights, same math, another memory layout.
+
+    Why: with ``batch_first=True`` each ``nn.MultiheadAttention`` transposes its (contiguous,
+    batch-first) input to ``[L, B, D]`` and projects the non-contiguous view; when that input
+    requires grad (prompt learning: learned context in the text tower, deep visual prompts),
+    ``torch.matmul`` does not fold it into one matrix product but runs a batched ``aten::bmm`` of
+    L small products against an expanded weight, forward and backward: 38-40% of a CoOp step on a
+    ViT-B/16 text tower on CPU (benchmarks/text_step.py). Sequence-first, the stack transposes once
+    on entry, every block's LayerNorm output is contiguous ``[L, B, D]`` and each projection is a
+    single ``mm``, as in the official CLIP code (``clip/model.py`` permutes to LND). Only stacks of
+    plain ``nn.MultiheadAttention`` blocks are switched (returns whether it did)."""
+    if tr is None or not hasattr(tr, "resblocks") or not getattr(tr, "batch_first", False):
+        return False
+    if not all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in tr.resblocks):
+        return False
+    tr.batch_first = False
+    for b in tr.resblocks:
+        b.attn.batch_first = False
+    return True
 
 
 _WEIGHTS = ["open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",

@@ -44,6 +44,21 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+# Feature-extraction batch by device (``data.batch_size: null``, the default). CPU: 8. A batch
+# brings a CPU nothing to amortise, and a larger one spills the caches: full-size ViT-B/16 at
+# 224 px, one thread, process CPU time per image 0.415 s at batch 8, 0.456 at 16, 0.469 at 32,
+# 0.483 at 64 (benchmarks/feature_batch.py, benchmarks/results/feature_batch_cpu.json; the issue
+# measured 0.26 s at 64 vs 0.17 s at 32 with two threads). CUDA and other accelerators: 128, to
+# fill the device (benchmarks/gpu_check.py records the forward images/s at 32-256; not yet run).
+DEFAULT_BATCH = {"cpu": 8, "cuda": 128}
+
+
+def default_batch_size(device) -> int:
+    """The feature-extraction batch size for ``device`` when ``data.batch_size`` is null."""
+    kind = torch.device(device).type
+    return DEFAULT_BATCH.get(kind, DEFAULT_BATCH["cuda"])
+
+
 def _seed_for(item_id: str, view) -> int:
     return int.from_bytes(hashlib.sha256(f"{item_id}|{view}".encode()).digest()[:8], "little") % (2**63)
 
@@ -164,13 +179,14 @@ class FeatureCache:
         return {k: i for i, k in enumerate(ids)}, feats
 
     def encode(self, backbone, ds: DataSet, idx: Sequence[int], view: int = 0,
-               batch_size: int = 64, workers: int = 0, skip_bad: bool = False,
+               batch_size: int | None = None, workers: int = 0, skip_bad: bool = False,
                progress: bool = True, desc: str = "encoding images",
                fresh: tuple[int, int] | None = None) -> tuple[torch.Tensor, list[int]]:
         """Features ``[len(ok), D]`` (float32, raw) for ``idx`` and the list of bad indices
-        (unreadable images, only with ``skip_bad``). ``fresh=(seed, k)``: augmented pass ``k`` of
-        run seed ``seed`` (``data.fresh_views``) under the backbone's train transform, keyed by
-        (image fingerprint, policy, seed, pass): a second method on the same images hits it."""
+        (unreadable images, only with ``skip_bad``). ``batch_size`` None: the device's default
+        (:func:`default_batch_size`). ``fresh=(seed, k)``: augmented pass ``k`` of run seed
+        ``seed`` (``data.fresh_views``) under the backbone's train transform, keyed by (image
+        fingerprint, policy, seed, pass): a second method on the same images hits it."""
         idx = list(idx)
         path = self.root / f"{self.key(backbone, ds, view, fresh)}.safetensors"
         pos, cached = self._load(path, backbone.embed_dim) if self.enabled else ({}, None)
@@ -181,6 +197,7 @@ class FeatureCache:
         if missing:
             t = backbone.train_preprocess if view > 0 or fresh is not None else backbone.preprocess
             dev = backbone.device
+            batch_size = int(batch_size or default_batch_size(dev))
             loader = torch.utils.data.DataLoader(
                 _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad, fresh),
                 batch_size=batch_size,
@@ -211,7 +228,7 @@ class FeatureCache:
         return (torch.stack(rows) if rows else torch.empty(0, dim)), bad
 
     def encode_passes(self, backbone, ds: DataSet, idx: Sequence[int], seed: int,
-                      passes: Sequence[int], batch_size: int = 64, workers: int = 0,
+                      passes: Sequence[int], batch_size: int | None = None, workers: int = 0,
                       progress: bool = True, desc: str = "augmented passes") -> dict[int, torch.Tensor]:
         """Fresh augmented passes ``passes`` of run seed ``seed`` over ``idx`` at once:
         ``{k: [len(idx), D]}``, each equal to ``encode(..., fresh=(seed, k))`` (same per-item
@@ -231,7 +248,8 @@ class FeatureCache:
         if todo:
             dev = backbone.device
             loader = torch.utils.data.DataLoader(
-                _PassDS(ds, idx, backbone.train_preprocess, seed, todo), batch_size=batch_size,
+                _PassDS(ds, idx, backbone.train_preprocess, seed, todo),
+                batch_size=int(batch_size or default_batch_size(dev)),
                 num_workers=workers, pin_memory=dev.type == "cuda")
             dtype = autocast_dtype(self.precision, dev.type)
             with torch.random.fork_rng(devices=[]), torch.inference_mode(), \

@@ -6,7 +6,8 @@ Dassl's ``ConstantWarmupScheduler`` / ``LinearWarmupScheduler`` around ``CosineA
 (``sched_unit: step``: Tip-Adapter-F, CLIP-LoRA), optional gradient clipping (off by default: no
 reference trainer clips), the backbone in eval or train mode during training (``backbone_mode``:
 the Dassl trainers of MaPLe / PromptSRC / CoPrompt / BiomedCoOp call ``train()`` on the whole
-model, CoOp's on the prompt learner only), AMP on GPU, checkpoints with resume, a progress bar,
+model, CoOp's on the prompt learner only), mixed precision (``amp`` / ``amp_dtype``: fp16 with
+gradient scaling on CUDA by default, bf16 on any device), checkpoints with resume, a progress bar,
 and a clear stop on a non-finite loss. Frozen-feature methods train on cached features, by
 default on pre-encoded augmented views (one view per item and epoch, see :func:`view_schedule`);
 methods with ``needs_images`` get pixels through the backbone's train transform.
@@ -31,6 +32,9 @@ from medadapt.data.dataset import DataSet
 from medadapt.errors import TrainingError
 from medadapt.methods.base import Batch, Method
 
+
+
+AMP_DTYPES = ("auto", "fp16", "bf16")
 
 
 @dataclass
@@ -214,6 +218,21 @@ class Engine:
             if c[key] not in valid:
                 raise UserError(f"train.{key} must be one of {', '.join(valid)}, got {c[key]!r}")
 
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of training steps (None: fp32). ``train.amp`` false: None;
+        ``train.amp_dtype`` auto: fp16 on CUDA (with gradient scaling), None elsewhere; fp16 / bf16:
+        that dtype on any device (bf16 autocast runs on CPU too, so CI exercises the AMP path)."""
+        c = self.cfg
+        kind = c.get("amp_dtype", "auto")
+        if kind not in AMP_DTYPES:
+            from medadapt.errors import UserError
+            raise UserError(f"train.amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {kind!r}")
+        if not c["amp"]:
+            return None
+        if kind == "auto":
+            return torch.float16 if self.device.type == "cuda" else None
+        return torch.float16 if kind == "fp16" else torch.bfloat16
+
     def lr(self, epoch: int, step: int, total: int, warm: int) -> float:
         """The learning rate of a step (``step`` counts from 0 over the whole run); a method's own
         schedule (``Method.lr_schedule``) when it has one."""
@@ -241,8 +260,10 @@ class Engine:
         steps_per_epoch = self.steps_per_epoch(len(train))
         total = c["epochs"] * steps_per_epoch
         warm = min(c["warmup_epochs"] * steps_per_epoch, max(total - 1, 0))
-        use_amp = c["amp"] and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        amp_dtype = self.amp_dtype()
+        use_amp = amp_dtype is not None
+        # gradient scaling for fp16 only (bf16 has fp32's exponent range)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype is torch.float16)
         start_epoch, history = 0, []
         ckpt = self.run_dir / "checkpoint.safetensors" if self.run_dir and c["checkpoint"] else None
         state_path = ckpt.with_name("checkpoint_state.pt") if ckpt else None
@@ -275,6 +296,7 @@ class Engine:
     def _epochs(self, method, train, val, opt, scaler, use_amp, params, start_epoch, history,
                 steps_per_epoch, total, warm, bar, ckpt, state_path) -> list:
         c = self.cfg
+        amp_dtype = self.amp_dtype()
         step = start_epoch * steps_per_epoch
         for epoch in range(start_epoch, c["epochs"]):
             losses = []
@@ -282,7 +304,7 @@ class Engine:
                                       draw=self._first_draw + epoch):
                 for g in opt.param_groups:
                     g["lr"] = self.lr(epoch, step, total, warm)
-                with torch.autocast(self.device.type, enabled=use_amp):
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
                     loss, parts = method.loss(batch)
                 if not torch.isfinite(loss):
                     bar.close()

@@ -284,7 +284,21 @@ def _training_args(TrainingArguments, cfg: TrainConfig, out: Path, dtype: torch.
         remove_unused_columns=False, dataloader_num_workers=cfg.num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         report_to=cfg.report_to, deepspeed=_deepspeed(cfg.deepspeed),
+        **_cpu_kwargs(TrainingArguments, dtype),
     )
+
+
+def _cpu_kwargs(TrainingArguments, dtype: torch.dtype) -> dict[str, Any]:
+    """bf16 without an accelerator: transformers refuses ``bf16=True`` ("Your setup doesn't
+    support bf16/gpu") unless ``use_cpu`` is set, although CPU bf16 autocast works; set it then."""
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    mps = getattr(torch.backends, "mps", None)
+    accel = torch.cuda.is_available() or bool(mps and mps.is_available()) or \
+        bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
+    if dtype == torch.bfloat16 and not accel and "use_cpu" in names:
+        return {"use_cpu": True}
+    return {}
 
 
 def _version_kwargs(TrainingArguments, cfg: TrainConfig) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from medadapt.methods import METHODS, load_all
 from medadapt.methods.base import Method
 
 # engine settings about the run, not the method (resume, logging, workers): not listed per method
-RUN_KEYS = {"amp", "eval_every", "checkpoint", "checkpoint_every", "workers"}
+RUN_KEYS = {"amp", "amp_dtype", "eval_every", "checkpoint", "checkpoint_every", "workers"}
 ENGINE_NOTE = "medadapt engine default (medadapt/config.py TRAIN_DEFAULTS)"
 DATA_NOTE = "medadapt default (medadapt/config.py)"
 

@@ -87,8 +87,9 @@ class PlainMHA(nn.Module):
                 attn_mask=None, average_attn_weights=True, is_causal=False):
         key = query if key is None else key
         value = query if value is None else value
-        if not self.batch_first:
-            query, key, value = (x.transpose(0, 1) for x in (query, key, value))
+        if not self.batch_first:  # contiguous: a projection of a transposed view that needs
+            # grad runs as a slow batched bmm instead of one mm (see backbones.openclip.sequence_first)
+            query, key, value = (x.transpose(0, 1).contiguous() for x in (query, key, value))
         b, lq, d = query.shape
         lk = key.shape[1]
         h, hd = self.num_heads, self.head_dim

@@ -113,7 +113,7 @@ def tsne_figures(runs: list[Run], out: Path, shots: float | None, n_max: int,
                                          precision=cfg["data"].get("precision", "auto"))
                     feats, bad = cache.encode(backbone, ds, idx, progress=False,
                                               skip_bad=cfg["data"].get("skip_bad", False),
-                                              batch_size=cfg["data"].get("batch_size", 64))
+                                              batch_size=cfg["data"].get("batch_size"))
                     idx = [i for i in idx if i not in set(bad)]
                     lab = np.array([cmap[ds.records[i].label] for i in idx])
                     frozen = F.normalize(feats.float(), dim=-1).numpy()
