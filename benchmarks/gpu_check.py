@@ -641,9 +641,9 @@ def section_instruct(args, ctx, budget: Budget) -> dict:
 def section_tables(args, ctx, budget: Budget) -> dict:
     """Projected wall time of each shipped table config from the measured per-step times."""
     from medadapt.data.catalog import DATASETS
-    from medadapt.engine.runner import resolve
+    from medadapt.engine.resolve import resolve
     from medadapt.methods import get_method
-    from medadapt.report.bench import expand_grid, load_grid
+    from medadapt.report.bench import expand_grid, expand_recipe, load_grid
     import medadapt.data.benchmarks  # noqa: F401  (registers the data sets)
     tr = ctx.get("train") or {}
     steps = {m: v["step_s"] for m, v in tr.get("step_s", {}).items() if v.get("step_s")}
@@ -665,7 +665,10 @@ def section_tables(args, ctx, budget: Budget) -> dict:
             out["tables"][path.stem] = {"skipped": "budget"}
             continue
         try:
-            runs = expand_grid(load_grid(path), base_dir=path.parent)
+            grid = load_grid(path)
+            # a published table's grid names its recipe (medadapt.recipes): the recipe's runs
+            runs = (expand_recipe(grid)[0] if grid.get("recipe")
+                    else expand_grid(grid, base_dir=path.parent))
         except Exception as e:
             out["tables"][path.stem] = {"error": f"{type(e).__name__}: {e}"[:300]}
             continue

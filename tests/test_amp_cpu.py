@@ -126,7 +126,7 @@ def test_fit_end_to_end_with_amp(world, method, dtype, tmp_path, monkeypatch):
     seen = []
     orig = T.Engine.train
 
-    def spy(eng, m, split, val=None):
+    def spy(eng, m, split, val=None, **kw):
         inner = m.loss
 
         def loss(batch):
@@ -134,7 +134,7 @@ def test_fit_end_to_end_with_amp(world, method, dtype, tmp_path, monkeypatch):
             return inner(batch)
         m.loss = loss
         try:
-            return orig(eng, m, split, val)
+            return orig(eng, m, split, val, **kw)
         finally:
             del m.loss
     monkeypatch.setattr(T.Engine, "train", spy)

@@ -88,13 +88,15 @@ def test_instruct_section(check):
 
 
 def test_tables_section_counts_the_shipped_grids(check):
-    from medadapt.report.bench import expand_grid, load_grid
+    from medadapt.report.bench import expand_recipe, load_grid
     t = check["json"]["sections"]["tables"]
     assert t["assumptions"]
     configs = sorted((REPO / "configs" / "bench").glob("*.yaml"))
     assert set(t["tables"]) == {p.stem for p in configs}
     p = REPO / "configs" / "bench" / "biomedcoop-fewshot.yaml"
-    runs = expand_grid(load_grid(p), base_dir=p.parent)
+    grid = load_grid(p)
+    assert grid["recipe"] == "biomedcoop-fewshot"  # the published table runs its recipe
+    runs, _ = expand_recipe(grid)
     row = t["tables"]["biomedcoop-fewshot"]
     assert row["grid_runs"] == len(runs) and row["runs"] == sum(len(r.seeds) for r in runs)
     assert row["projected_s"] > 0
