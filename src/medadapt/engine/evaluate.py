@@ -43,6 +43,73 @@ def _read_json(path: Path, what: str):
                         "finish it with `medadapt fit ... --resume`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: {what} is not valid JSON ({e}); the run is damaged, re-run it") from None
+    except RecursionError:
+        raise UserError(f"{path}: {what} is nested too deeply; the run is damaged") from None
+
+
+def backbone_of_run(run: Path, spec: str) -> str:
+    """The backbone a run folder's config.yaml names: a registered alias or hub id as it is; a
+    folder path relative to the run folder (``./model``), which must stay inside it. An absolute
+    folder (the one ``fit --backbone /abs/dir`` recorded) is used as it is. Every folder goes
+    through the same remote-code refusal as ``--backbone``."""
+    import os
+
+    from medadapt.backbones import BACKBONES
+    if not isinstance(spec, str) or spec in BACKBONES:
+        return spec
+    prefix = ""
+    for p in ("open_clip:", "hf:", "conch:", "pmc_clip:"):
+        if spec.startswith(p):
+            prefix, spec = p, spec[len(p):]
+            break
+    if spec.startswith("local-dir:"):
+        prefix, spec = prefix + "local-dir:", spec[len("local-dir:"):]
+    if spec.startswith(("hf-hub:", "hf-dataset:")) or "@" in spec or not spec \
+            or os.path.isabs(os.path.expanduser(spec)):
+        return prefix + spec
+    inside = run / spec
+    if os.sep not in spec and "/" not in spec and not spec.startswith(".") and not inside.exists():
+        return prefix + spec  # an unknown name: load_backbone says so
+    hub_like = spec.count("/") == 1 and not spec.startswith(".") and not inside.exists()
+    if hub_like and not prefix.endswith("local-dir:"):
+        return prefix + spec  # org/repo: a hub id
+    try:
+        ok = inside.resolve().is_relative_to(run.resolve())
+    except (OSError, RuntimeError):
+        ok = False
+    if not ok:
+        raise UserError(f"{run}/config.yaml names the backbone folder {spec[:120]!r}, which is "
+                        "outside the run folder; a run folder may only name a registered "
+                        "backbone, a hub id, an absolute folder or a folder inside itself")
+    return prefix + str(inside)
+
+
+def _check_classes(run: Path, cfg: dict, classes: dict, train_names, cls, params: Path) -> None:
+    """The class lists of classes.json must fit config.yaml and the learned parameters, checked
+    before anything is built (a hostile list of 20,000 names would build a 20,000 x 20,000
+    confusion matrix)."""
+    names = classes.get("classnames")
+    bad = f"{run}/classes.json is damaged"
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names) or \
+            not isinstance(train_names, list) or not all(isinstance(c, str) for c in train_names):
+        raise UserError(f"{bad} (classnames must be a list of names)")
+    if len(set(names)) != len(names) or not set(train_names) <= set(names):
+        raise UserError(f"{bad} (duplicate class names, or training classes not among its classes)")
+    stored = cfg.get("classnames")
+    if isinstance(stored, list) and len(stored) != len(names):
+        raise UserError(f"{bad}: it lists {len(names)} classes, config.yaml {len(stored)}; "
+                        "re-run it")
+    if cls.supports_novel or not params.is_file():
+        return  # class-agnostic parameters (or no params: refused later in one line)
+    try:
+        from safetensors import safe_open
+        with safe_open(str(params), framework="pt") as f:
+            dims = {d for k in f.keys() for d in f.get_slice(k).get_shape()}
+    except Exception:
+        return  # a damaged file is refused later, in one line
+    if len(train_names) not in dims:
+        raise UserError(f"{bad}: it lists {len(train_names)} training classes, but the learned "
+                        f"parameters in {params.name} are for another number of classes; re-run it")
 
 
 def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"):
@@ -63,14 +130,17 @@ def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"
     except (KeyError, TypeError):
         raise UserError(f"{run}/classes.json is damaged (missing classnames / templates)") from None
     sdir = seed_dir or _seed_dirs(run)[0]
-    from medadapt.backbones import load_backbone
-    backbone = load_backbone(cfg["backbone"], device=pick_device(device))
     cls = get_method(cfg["method"]["name"])
     res = _read_json(sdir / "results.json", "results.json")
+    if not isinstance(res, dict):
+        raise UserError(f"{sdir / 'results.json'} is damaged (not a mapping); re-run it")
     train_names = classes.get("train_classnames") or texts.classnames
     if "train_classnames" not in classes and res.get("protocol") == "base-to-novel":
         base, _ = base_novel_split(texts.classnames, cfg["data"].get("base"), cfg["data"].get("novel"))
         train_names = [texts.classnames[i] for i in base]
+    _check_classes(run, cfg, classes, train_names, cls, sdir / "params.safetensors")
+    from medadapt.backbones import load_backbone
+    backbone = load_backbone(backbone_of_run(run, cfg["backbone"]), device=pick_device(device))
     set_seed(int(res.get("seed", 1)))
     method = cls(backbone, texts.for_classes(train_names), cfg["method"]).to(backbone.device)
     params = sdir / "params.safetensors"

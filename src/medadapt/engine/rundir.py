@@ -34,7 +34,8 @@ RESUME_IGNORED = ("device", "classnames", "data.workers", "data.batch_size", "tr
 RUN_FILES = frozenset({"config.yaml", "classes.json", "results.json", "summary.json",
                        "fewshot.json", "params.safetensors", "log.txt", "checkpoint.safetensors",
                        "checkpoint_state.pt", "bench.json"})
-_RUN_TMP = re.compile(r"^(config\.yaml\.tmp|[a-z_]+\.json\.tmp\d*|checkpoint(_state)?\.tmp)$")
+_RUN_TMP = re.compile(r"^(config\.yaml\.tmp|[a-z_]+\.json\.tmp\d*|checkpoint(_state)?\.tmp"
+                      r"|\.[a-z_]+\.(json|yaml|txt|safetensors|pt)\.[a-z0-9_]{8}\.tmp\.[a-z]+)$")
 _SEED_DIR = re.compile(r"^seed\d+$")
 
 
@@ -188,9 +189,8 @@ def set_seed(seed: int) -> None:
 
 
 def atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    from medadapt.safeio import write_text  # a fresh temp file: never through a planted link
+    write_text(path, json.dumps(obj, indent=1, default=_json_default))
 
 
 def _json_default(o):
@@ -208,7 +208,7 @@ class RunLog:
     def __call__(self, msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
         if self.path:
-            with open(self.path, "a") as f:
-                f.write(line + "\n")
+            from medadapt.safeio import append_text  # O_NOFOLLOW: a planted link is refused
+            append_text(self.path, line + "\n")
         if not self.quiet:
             print(line, file=sys.stderr)

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 import medadapt
 from medadapt.config import dump_yaml, load_yaml
+from medadapt.safeio import make_dir, replacing
 from medadapt.data.catalog import dataset_options
 from medadapt.data.fewshot import (base_novel_split, fraction_subset, ids_to_indices, load_fewshot,
                                    sample_fewshot, save_fewshot)
@@ -199,8 +200,7 @@ class Runner:
     def _write(self, prep: Prepared, backbone, folder: Path, out: Path) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         cfg = dict(self.cfg, classnames=list(prep.ds.classnames))
-        dump_yaml(cfg, folder / "config.yaml.tmp")
-        os.replace(folder / "config.yaml.tmp", folder / "config.yaml")
+        dump_yaml(cfg, folder / "config.yaml")  # temp + swap, a link in the way refused
         atomic_json(folder / "classes.json", {"classnames": prep.texts.classnames,
                                               "train_classnames": [prep.ds.classnames[c] for c in
                                                                    prep.train_classes],
@@ -239,7 +239,7 @@ class Runner:
 
     def _run_seed(self, prep: Prepared, backbone, seed: int, sdir: Path) -> dict:
         cfg = self.cfg
-        sdir.mkdir(parents=True, exist_ok=True)
+        make_dir(sdir)  # a seed folder planted as a link is refused
         res_path = sdir / "results.json"
         if self.resume and res_path.exists():
             return json.loads(res_path.read_text())
@@ -317,7 +317,8 @@ class Runner:
             result["metrics"] = r["metrics"]
             n_bad += r["n_bad"]
         result["bad_images_skipped"] = n_bad
-        save_file(method.learned_state_dict(), str(sdir / "params.safetensors"))
+        with replacing(sdir / "params.safetensors") as tmp:
+            save_file(method.learned_state_dict(), tmp)
         for f in ("checkpoint.safetensors", "checkpoint_state.pt"):
             (sdir / f).unlink(missing_ok=True)
         atomic_json(res_path, result)

@@ -57,6 +57,8 @@ def _local_or_hub(path: str) -> str:
     if p.exists():
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
             raise UserError(f"{p}: not a model folder (no config.json or adapter_config.json)")
+        from medadapt.safeio import refuse_remote_code
+        refuse_remote_code(p)  # a folder asking to import its own Python code is refused
         return str(p)
     if path.startswith((".", "/", "~")) or path.count("/") != 1:
         raise UserError(f"model not found: {path} (give a local folder or a hub id like "
@@ -68,8 +70,9 @@ def load_processor(path: str):
     from transformers import AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(_local_or_hub(path))
+        return AutoProcessor.from_pretrained(_local_or_hub(path), trust_remote_code=False)
     except (OSError, ValueError) as e:
+        _refuse_code_error(path, e)
         raise UserError(f"cannot load the processor of {path}: {str(e).splitlines()[0]}") from None
 
 
@@ -77,14 +80,24 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, quantization=None)
     """``AutoModelForImageTextToText.from_pretrained`` (hub id or folder), one-line errors."""
     from transformers import AutoModelForImageTextToText
 
-    kw: dict[str, Any] = {_dtype_kwarg(): dtype}
+    kw: dict[str, Any] = {_dtype_kwarg(): dtype, "trust_remote_code": False}
     if quantization is not None:
         kw["quantization_config"] = quantization
     try:
         return AutoModelForImageTextToText.from_pretrained(_local_or_hub(path), **kw)
     except (OSError, ValueError) as e:
+        _refuse_code_error(path, e)
         raise UserError(f"cannot load {path} as an image-text-to-text model: "
                         f"{str(e).splitlines()[0]}") from None
+
+
+def _refuse_code_error(path: str, e: Exception) -> None:
+    """transformers refused a repository with custom code (we pass trust_remote_code=False)."""
+    if "trust_remote_code" in str(e) or "custom code" in str(e):
+        raise UserError(f"{path} asks to run Python code shipped with the model (custom code, "
+                        "trust_remote_code); medadapt never runs code from model folders or the hub "
+                        "(no model it supports needs it); use a model with built-in transformers "
+                        "support") from None
 
 
 def _dtype_kwarg() -> str:
@@ -483,6 +496,8 @@ def load_for_inference(path: str, dtype: str = "auto", merge: bool = True):
 
     dt = resolve_dtype(dtype)
     if is_adapter(path):
+        from medadapt.safeio import refuse_remote_code
+        refuse_remote_code(path, "adapter folder")
         base_id = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base_id:
             raise UserError(f"{path}/adapter_config.json names no base_model_name_or_path")
