@@ -336,3 +336,23 @@ def inside_root(root: str | Path, rel: str, what: str) -> Path:
         raise UserError(f"{what}: path {short(rel, 120)} points outside the data set folder "
                         f"{root}; refused")
     return p
+
+
+# ------------------------------------------------------------------------------------------------
+# figures
+
+def save_figure(fig, path: str | Path, **kw) -> Path:
+    """``fig.savefig`` for figures that show user data (class names, method labels, table
+    names): every text is drawn literally (``$...$`` is not parsed as mathtext, no TeX), and the
+    file is written through :func:`replacing` (a link in the way is refused)."""
+    import matplotlib
+    from matplotlib.text import Text
+    path = Path(path)
+    kw.setdefault("format", path.suffix.lstrip(".") or "png")
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        for t in fig.findobj(Text):
+            t.set_parse_math(False)
+            t.set_usetex(False)
+        with replacing(path) as tmp:
+            fig.savefig(tmp, **kw)
+    return path

@@ -297,8 +297,8 @@ def build(cfg: BuildConfig, out: str | Path, overwrite: bool = False) -> dict[st
         write_jsonl(out / f"{s}.jsonl", [r.to_json() for r in recs])
     write_json(out / "labels.json", label_sets)
     write_json(out / "stats.json", st)
-    (out / "stats.md").write_text(stats_markdown(st))
-    (out / "build_config.yaml").write_text(yaml.safe_dump({"build": to_dict(cfg)}, sort_keys=False))
+    write_text(out / "stats.md", stats_markdown(st))
+    write_text(out / "build_config.yaml", yaml.safe_dump({"build": to_dict(cfg)}, sort_keys=False))
     for name in cfg.export:
         if name not in EXPORTERS:
             raise UserError(f"unknown exporter {name!r}; valid: {', '.join(EXPORTERS)}")

@@ -186,7 +186,7 @@ def evaluate(models: list[str], data: str | Path, out: str | Path, cfg: EvalConf
         raise UserError("nothing to evaluate: give --model and/or --results")
     table = comparison(all_metrics)
     write_json(out / "comparison.json", table)
-    (out / "comparison.md").write_text(comparison_markdown(table))
+    write_text(out / "comparison.md", comparison_markdown(table))
     return {"models": [m["model"] for m in all_metrics], "comparison": table}
 
 

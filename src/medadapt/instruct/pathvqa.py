@@ -125,6 +125,6 @@ def evaluate_pathvqa(path: str | Path, out: str | Path, cfg: EvalConfig, models:
                                              round(time.time() - t0, 2)))
     table = comparison(all_metrics)
     write_json(out / "comparison.json", table)
-    (out / "comparison.md").write_text(comparison_markdown(table))
+    write_text(out / "comparison.md", comparison_markdown(table))
     return {"n": len(records), "n_without_answer": empty, "comparison": table,
             "models": [m["model"] for m in all_metrics]}

@@ -101,7 +101,7 @@ def cmd_pretrain(args) -> int:
         from medadapt.backbones import load_backbone
         from medadapt.synth.pretrain import sanity
         res = sanity(load_backbone(str(out)))
-        (out / "sanity.json").write_text(json.dumps(res, indent=1))
+        write_text(out / "sanity.json", json.dumps(res, indent=1))
         print(f"sanity on synth-crc test ({res['n_test']} tiles, chance {res['chance']:.1%}): "
               f"zero-shot names {res['zero_shot_names']:.1%}, descriptions "
               f"{res['zero_shot_descriptions']:.1%}, 16-shot linear probe "
@@ -189,6 +189,6 @@ def cmd_generate(args) -> int:
     if not tiles:
         raise UserError(f"synth generate: nothing to write (no {args.split} items)")
     Image.fromarray(_grid(tiles)).save(out / "grid.png")
-    (out / "tiles.json").write_text(json.dumps(info, indent=1))
+    write_text(out / "tiles.json", json.dumps(info, indent=1))
     print(f"wrote {written} tiles to {out} (contact sheet: {out / 'grid.png'})")
     return 0
