@@ -64,11 +64,28 @@ def _refuse_link(path: Path) -> None:
                         "(remove the link or choose another folder)")
 
 
-def make_dir(path: str | Path) -> Path:
-    """``mkdir -p`` that refuses when ``path`` itself is a symbolic link (a folder planted as a
-    link would send every file written into it elsewhere)."""
+def check_no_links(root: str | Path, path: str | Path) -> None:
+    """Refuse a symbolic link at ``path`` or at any folder between ``root`` (which the user
+    named, and may be a link) and ``path``."""
+    root, path = Path(root), Path(path)
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        rel = Path(path.name)
+        root = path.parent
+    p = root
+    for part in rel.parts:
+        p = p / part
+        _refuse_link(p)
+
+
+def make_dir(path: str | Path, root: str | Path | None = None) -> Path:
+    """``mkdir -p`` that refuses when ``path`` itself (or a folder between ``root`` and it) is a
+    symbolic link (a folder planted as a link would send every file written into it elsewhere)."""
     path = Path(path)
     _refuse_link(path)
+    if root is not None:
+        check_no_links(root, path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
