@@ -57,9 +57,12 @@ def import_python_descriptions(path: str | Path, variable: str | None = None) ->
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"descriptions source not found: {p}")
-    raw = p.read_bytes()
+    from medadapt.safeio import read_capped
+    raw = read_capped(p, "descriptions source")
     try:
         tree = ast.parse(raw, filename=str(p))
+    except (RecursionError, MemoryError):
+        raise UserError(f"{p}: nested too deeply to read (nothing is executed)") from None
     except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes (a binary file)
         where = f"{p}:{e.lineno}" if getattr(e, "lineno", None) else str(p)
         raise UserError(f"{where}: not valid Python ({getattr(e, 'msg', None) or e})") from None

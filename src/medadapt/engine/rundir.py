@@ -61,8 +61,8 @@ def is_run_folder(path: Path, strict: bool = True) -> bool:
     if not cfg.is_file() or (strict and not any((path / m).is_file() for m in RUN_MARKERS)):
         return False
     try:
-        import yaml
-        data = yaml.safe_load(cfg.read_text())
+        from medadapt.safeio import load_yaml  # alias / size / depth budget
+        data = load_yaml(cfg.read_text())
     except Exception:
         return False
     return isinstance(data, dict) and "method" in data and "backbone" in data

@@ -37,6 +37,7 @@ from medadapt.instruct.config import BuildConfig, to_dict
 from medadapt.instruct.export import EXPORTERS
 from medadapt.instruct.records import BadItem, Record, validate, write_json, write_jsonl
 from medadapt.instruct.sources import run_source
+from medadapt.safeio import make_dir, write_text
 
 # keys every source takes; the adapter's own come from its registered option help
 _SOURCE_KEYS = {"kind", "path", "name", "limit", "split"}
@@ -236,6 +237,8 @@ def build(cfg: BuildConfig, out: str | Path, overwrite: bool = False) -> dict[st
     from tqdm import tqdm
 
     out = Path(out)
+    from medadapt.safeio import check_name
+    check_name(cfg.name, "build name")  # it becomes the export file names (NAME_train.json ...)
     if not cfg.sources:
         raise UserError("no sources: pass --source kind=...,path=... or list sources in the config")
     if (out / "data.jsonl").exists() and not overwrite:
@@ -286,7 +289,10 @@ def build(cfg: BuildConfig, out: str | Path, overwrite: bool = False) -> dict[st
     assign_splits(records, cfg.split, cfg.seed, fixed)
     if cfg.image_paths not in ("absolute", "relative"):
         raise UserError(f"image_paths must be absolute or relative, got {cfg.image_paths!r}")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
+    for sub in ("llamafactory", "swift"):
+        if (out / sub).is_symlink():
+            make_dir(out / sub)  # refused in one line: never written through
     if cfg.image_paths == "relative":
         for r in records:
             r.images = [os.path.relpath(p, out) for p in r.images]

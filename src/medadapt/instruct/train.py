@@ -264,8 +264,8 @@ def _deepspeed(value: Any):
     if not p.is_file():
         raise UserError(f"deepspeed config not found: {p}")
     if p.suffix in (".yaml", ".yml"):
-        import yaml
-        return yaml.safe_load(p.read_text())
+        from medadapt.safeio import safe_yaml
+        return safe_yaml(p.read_text(), str(p))
     return str(p)
 
 

@@ -78,7 +78,8 @@ class PretrainConfig:
         if not p.exists():
             raise UserError(f"pretrain config not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            from medadapt.safeio import load_yaml  # alias / size / depth budget
+            data = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise UserError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
         return cls.from_dict(data.get("pretrain", data))
