@@ -255,8 +255,9 @@ def run_job(job: dict, out: str) -> dict:
     try:
         runner = Runner(job["cfg"], run_dir, resume=run_dir.exists(), quiet=True,
                         progress=False)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        stamp_file.write_text(stamp)
+        from medadapt.safeio import make_dir, write_text
+        make_dir(run_dir.parent)
+        write_text(stamp_file, stamp)  # temp + swap: a link in the way is refused
         res = runner.run()["results"]
     except UserError as e:
         return {**row, "error": str(e), "wall_seconds": time.time() - t0}

@@ -137,7 +137,7 @@ def append_text(path: str | Path, text: str) -> None:
         | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(str(path), flags, 0o644)
-    except OSError as e:
+    except OSError:
         if Path(path).is_symlink():
             raise UserError(f"{path} is a symbolic link; medadapt never writes through a link "
                             "(remove the link or choose another folder)") from None

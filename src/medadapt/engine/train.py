@@ -14,7 +14,6 @@ methods with ``needs_images`` get pixels through the backbone's train transform.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

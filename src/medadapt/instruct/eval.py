@@ -26,6 +26,7 @@ from medadapt.instruct import scoring
 from medadapt.instruct.config import EvalConfig, to_dict
 from medadapt.instruct.encode import ChatEncoder, call_processor, stop_token_ids
 from medadapt.instruct.records import Record, read_records, write_json, write_jsonl
+from medadapt.safeio import write_text
 
 
 def eval_file(data: str | Path, split: str) -> Path:

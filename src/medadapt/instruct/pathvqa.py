@@ -20,6 +20,7 @@ from medadapt.errors import UserError
 from medadapt.instruct import scoring
 from medadapt.instruct.config import EvalConfig, to_dict
 from medadapt.instruct.records import BadItem, Record, iter_jsonl, validate, write_json, write_jsonl
+from medadapt.safeio import write_text
 
 NAME = "pathvqa"
 
