@@ -32,11 +32,16 @@ from medadapt.errors import UserError
 
 def short(value, limit: int = 200) -> str:
     """``repr(value)`` cut to about ``limit`` characters (a hostile value can be megabytes)."""
+    n = None
+    if isinstance(value, str) and len(value) > limit:
+        n, value = len(value), value[:limit]
     try:
-        r = repr(value) if not isinstance(value, str) or len(value) <= limit * 4 else repr(value[:limit * 4])
+        r = repr(value)
     except RecursionError:
         return "<too deeply nested>"
-    return r if len(r) <= limit else r[:limit - 15] + f"... ({len(r)} chars)"
+    if len(r) > limit or n is not None:
+        r = r[:limit - 20] + f"... ({n or len(r)} characters)"
+    return r
 
 
 # ------------------------------------------------------------------------------------------------

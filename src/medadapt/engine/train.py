@@ -202,8 +202,11 @@ class Engine:
                 start_epoch, history = int(st["epoch"]), list(st["history"])
             except Exception as e:
                 from medadapt.errors import UserError
+                why = "it holds pickled Python objects, which medadapt never loads" \
+                    if "Weights only load failed" in str(e) else \
+                    f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
                 raise UserError(f"--resume: the checkpoint in {self.run_dir} cannot be read safely "
-                                f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                                f"({why}); "
                                 "delete checkpoint.safetensors and checkpoint_state.pt to restart "
                                 "that seed") from None
             self.log(f"resumed from epoch {start_epoch}")
