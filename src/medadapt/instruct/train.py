@@ -387,6 +387,13 @@ def train(cfg: TrainConfig, model_path: str, data: str | Path, out: str | Path,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
+    if out.is_dir():  # a planted link (final -> ~/...) would send the model files elsewhere
+        from medadapt.safeio import check_no_links
+        for e in sorted(TRAIN_OUTPUTS):
+            check_no_links(out, out / e)
+        if (out / "checkpoints").is_dir():
+            for e in (out / "checkpoints").iterdir():
+                check_no_links(out, e)
     if (out / "final").exists() and not (resume or overwrite):
         raise UserError(f"{out} already holds a trained model; pass --resume, --overwrite or another --out")
     if overwrite and not resume and out.is_dir() and any(out.iterdir()):
