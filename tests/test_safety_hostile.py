@@ -4,7 +4,6 @@ canary, and asserts: the command ends in one line on stderr with exit code 2 (or
 the input is merely odd), no code ran and nothing was written outside its place (the canary is
 absent), and the user's files are intact."""
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -84,6 +84,11 @@ def backbone_of_run(run: Path, spec: str) -> str:
     return prefix + str(inside)
 
 
+# methods whose learned tensors have one axis per training class (weights, cache values, CoOp's
+# class-specific contexts): classes.json must agree with them
+CLASS_SHAPED = frozenset({"linear-probe", "lp++", "tip-adapter", "tip-adapter-f"})
+
+
 def _check_classes(run: Path, cfg: dict, classes: dict, train_names, cls, params: Path) -> None:
     """The class lists of classes.json must fit config.yaml and the learned parameters, checked
     before anything is built (a hostile list of 20,000 names would build a 20,000 x 20,000
@@ -99,8 +104,9 @@ def _check_classes(run: Path, cfg: dict, classes: dict, train_names, cls, params
     if isinstance(stored, list) and len(stored) != len(names):
         raise UserError(f"{bad}: it lists {len(names)} classes, config.yaml {len(stored)}; "
                         "re-run it")
-    if cls.supports_novel or not params.is_file():
-        return  # class-agnostic parameters (or no params: refused later in one line)
+    shaped = cls.name in CLASS_SHAPED or (cls.name == "coop" and (cfg.get("method") or {}).get("csc"))
+    if not shaped or not params.is_file():
+        return  # no learned tensor has a class axis (or no params: refused later in one line)
     try:
         from safetensors import safe_open
         with safe_open(str(params), framework="pt") as f:

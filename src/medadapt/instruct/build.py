@@ -289,7 +289,7 @@ def build(cfg: BuildConfig, out: str | Path, overwrite: bool = False) -> dict[st
     assign_splits(records, cfg.split, cfg.seed, fixed)
     if cfg.image_paths not in ("absolute", "relative"):
         raise UserError(f"image_paths must be absolute or relative, got {cfg.image_paths!r}")
-    make_dir(out)
+    out.mkdir(parents=True, exist_ok=True)  # --out as the user named it
     for sub in ("llamafactory", "swift"):
         if (out / sub).is_symlink():
             make_dir(out / sub)  # refused in one line: never written through

@@ -332,12 +332,13 @@ def write_comparison(runs_dir: str | Path, tables: list[str], out: str | Path | 
         raise UserError(f"runs folder not found: {root}")
     if not root.is_dir():
         raise UserError(f"{root} is a file; give the folder holding the run folders")
+    planted = not out  # the default RUNS/report may come with a received runs folder
     out = Path(out) if out else root / "report"
     from medadapt.report.runs import check_report_out
     check_report_out(out)
     parts, written = [], []
     results = [compare(root, name) for name in tables]  # every table checked before writing
-    make_dir(out)
+    make_dir(out) if planted else out.mkdir(parents=True, exist_ok=True)  # a planted link: refused
     for res in results:
         key = res["table"]["name"]
         md = to_markdown(res)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medadapt.report.report import CSS, _img_b64
-from medadapt.safeio import make_dir, save_figure, write_text
+from medadapt.safeio import save_figure, write_text
 
 # ------------------------------------------------------------------------------------------------
 # numbers
@@ -447,7 +447,7 @@ def write_demo_report(out: Path, rows: list[dict], skipped: dict[str, str], meta
     """Write demo_results.json, failures.json, figures, report.md, report.html, own-data.yaml.
     Returns the on-screen table and summary lines."""
     out = Path(out)
-    make_dir(out)
+    out.mkdir(parents=True, exist_ok=True)  # --out as the user named it
     shots = list(meta["shots"])
     failures = {r["key"]: r["error"] for r in rows if r.get("error")}
     findings = learning_findings(rows)

@@ -62,6 +62,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None,
                  tsne_max: int = 600, title: str | None = None, progress: bool = False) -> dict:
     """Write the report; returns paths and counts."""
     root = Path(runs_dir)
+    planted = not out  # the default RUNS/report may come with a received runs folder
     out = Path(out) if out else root / "report"
     metrics = list(metrics or ["accuracy", "macro_f1"])
     bad = [m for m in metrics if m not in METRIC_SHORT]
@@ -71,7 +72,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None,
     if not runs:
         raise UserError(f"no finished run folders (config.yaml + results.json) under {root}")
     check_report_out(out)
-    make_dir(out)  # a report folder planted as a link is refused
+    make_dir(out) if planted else out.mkdir(parents=True, exist_ok=True)  # a planted link: refused
     try:  # a fresh report: no figures left over from the earlier one (only the ones it listed)
         earlier = json.loads((out / "report.json").read_text()).get("figures") or []
     except (OSError, ValueError, AttributeError, RecursionError):
