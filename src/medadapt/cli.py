@@ -316,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"medadapt: error: {e}", file=sys.stderr)
         return 2
+    except RecursionError:  # a hostile input nested too deeply that no reader caught first
+        print("medadapt: error: an input file is nested too deeply to read; refused",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("medadapt: interrupted", file=sys.stderr)
         return 130

@@ -294,9 +294,12 @@ def _folder_text_configs(folder) -> dict | None:
     if not f.is_file():
         return None
     try:
-        return json.loads(f.read_text())
-    except ValueError as e:
-        raise UserError(f"{f}: not valid JSON ({e})") from None
+        data = json.loads(f.read_text())
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{f}: not valid JSON ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{f}: must map hub ids to config mappings")
+    return data
 
 
 def _train_transform_of(model):

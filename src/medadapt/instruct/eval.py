@@ -48,6 +48,8 @@ def load_labels(path: str | Path | None) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: malformed JSON (nested too deeply)") from None
 
 
 @torch.inference_mode()
@@ -151,6 +153,8 @@ def evaluate(models: list[str], data: str | Path, out: str | Path, cfg: EvalConf
             m = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"--results {p}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise UserError(f"--results {p}: not valid JSON (nested too deeply)") from None
         if not (isinstance(m, dict) and isinstance(m.get("model"), str)
                 and isinstance(m.get("results"), dict)
                 and all(isinstance(r, dict) and "task" in r for r in m["results"].values())):

@@ -138,6 +138,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
             except json.JSONDecodeError as e:
                 yield n, BadItem(f"{path}:{n}", f"malformed JSON line ({e.msg} at column {e.colno})",
                                  "malformed_json")
+            except RecursionError:
+                yield n, BadItem(f"{path}:{n}", "malformed JSON line (nested too deeply)",
+                                 "malformed_json")
 
 
 def read_records(path: str | Path, check_images: bool = True, skip_bad: bool = False,

@@ -505,7 +505,11 @@ def load_for_inference(path: str, dtype: str = "auto", merge: bool = True):
     if is_adapter(path):
         from medadapt.safeio import refuse_remote_code
         refuse_remote_code(path, "adapter folder")
-        base_id = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        try:
+            acfg = json.loads((Path(path) / "adapter_config.json").read_text())
+        except (ValueError, RecursionError, OSError) as e:
+            raise UserError(f"{path}/adapter_config.json: not valid JSON ({type(e).__name__})") from None
+        base_id = acfg.get("base_model_name_or_path") if isinstance(acfg, dict) else None
         if not base_id:
             raise UserError(f"{path}/adapter_config.json names no base_model_name_or_path")
         base = load_model(base_id, dt)

@@ -224,6 +224,8 @@ def read_split_file(path: str | Path, name: str = "split file") -> dict[str, lis
         data = json.loads(_split_bytes(p).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{p}: not a JSON split file ({e})") from None
+    except RecursionError:
+        raise UserError(f"{p}: not a JSON split file (nested too deeply)") from None
     if not isinstance(data, dict) or not {"train", "test"} <= set(data):
         raise UserError(f"{p}: a split file maps 'train', 'val', 'test' to lists of "
                         f"[path, label, class name]; found keys {sorted(data) if isinstance(data, dict) else type(data).__name__}")
