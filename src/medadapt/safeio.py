@@ -44,6 +44,13 @@ def short(value, limit: int = 200) -> str:
     return r
 
 
+def one_line(msg: str, limit: int = 2000) -> str:
+    """An error message as one line of at most ~``limit`` characters (a user value quoted in it
+    may hold newlines or be megabytes long)."""
+    msg = msg.replace("\r", " ").replace("\n", " ")
+    return msg if len(msg) <= limit else msg[:limit] + f"... ({len(msg)} characters)"
+
+
 # ------------------------------------------------------------------------------------------------
 # names that become file names
 
