@@ -117,9 +117,13 @@ class run_lock:
             raise UserError(f"--out {self.out}: cannot create {self.path.parent} "
                             f"({e.strerror or e})") from None
         while True:
-            try:
-                fh = open(self.path, "a+")
+            try:  # O_NOFOLLOW: a lock file planted as a link is never created or opened through
+                fh = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND
+                                       | getattr(os, "O_NOFOLLOW", 0), 0o644), "a+")
             except OSError as e:  # read-only or special file system (root ignores permissions)
+                if self.path.is_symlink():
+                    raise UserError(f"{self.path} is a symbolic link; medadapt never writes "
+                                    "through a link (remove it)") from None
                 raise UserError(f"--out {self.out}: cannot write in {self.path.parent} "
                                 f"({e.strerror or e})") from None
             try:
