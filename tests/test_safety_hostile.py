@@ -366,3 +366,28 @@ def test_dataset_readers_refuse_paths_outside_their_root(tmp_path, capsys):
                    "zero-shot", "--out", tmp_path / "run", "--quiet") == 2
     assert "inside the data set folder" in one_line_error(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_lock_file_and_bench_folders_never_followed(tmp_path, capsys, data):
+    from medadapt.engine.rundir import run_lock
+    from medadapt.errors import UserError
+    elsewhere = tmp_path / "home" / "created-by-medadapt"
+    elsewhere.parent.mkdir()
+    (tmp_path / ".run.lock").symlink_to(elsewhere)  # a dangling link where the lock goes
+    with pytest.raises(UserError, match="symbolic link"):
+        with run_lock(tmp_path / "run"):
+            pass
+    assert not elsewhere.exists()
+    # a received bench folder whose .bench/ is a link: refused before any run or status file
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "bench_index.json").write_text(json.dumps({"runs": []}))
+    (tmp_path / "home" / "status").mkdir()
+    (bench / ".bench").symlink_to(tmp_path / "home")
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"backbones": ["tiny-hf-clip"], "datasets": [f"folder:{data}"],
+                                    "methods": ["zero-shot"], "shots": [0]}))
+    assert run_cli("bench", grid, "--out", bench, "--quiet") == 2
+    assert ".bench" in one_line_error(capsys)
+    assert list((tmp_path / "home" / "status").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["status"]
