@@ -274,7 +274,7 @@ def test_seeds_beyond_32_bits_are_refused(tmp_path, capsys, data):
     assert not (tmp_path / "run").exists()
 
 
-def test_class_list_checked_against_the_learned_parameters(tmp_path, capsys, done_run):
+def test_class_list_checked_against_the_learned_parameters(tmp_path, capsys, data, done_run):
     run = copy_run(done_run, tmp_path / "lp")
     before = (run / "results.json").read_text()
     many = [f"c{i}" for i in range(20_000)]
@@ -289,6 +289,17 @@ def test_class_list_checked_against_the_learned_parameters(tmp_path, capsys, don
     assert run_cli("eval", "--run", run, "--quiet") == 2
     assert "learned parameters" in one_line_error(capsys)
     assert (run / "results.json").read_text() == before
+    # a method without per-class tensors: the run's own data set decides, before any metric
+    zs = tmp_path / "zs"
+    assert fit(zs, data, method="zero-shot") == 0
+    capsys.readouterr()
+    for f in ("classes.json", "config.yaml"):
+        src = run / f
+        (zs / f).write_text(src.read_text().replace("linear-probe", "zero-shot"))
+    cfg = yaml.safe_load((zs / "config.yaml").read_text())
+    (zs / "config.yaml").write_text(yaml.safe_dump({**cfg, "method": {"name": "zero-shot"}}))
+    assert run_cli("eval", "--run", zs, "--quiet") == 2
+    assert "not all in the run's data set" in one_line_error(capsys)
 
 
 def test_deeply_nested_json_and_literals(tmp_path, capsys, done_run):

@@ -20,6 +20,7 @@ from medadapt.engine.resolve import class_texts_for
 from medadapt.engine.rundir import pick_device, set_seed
 from medadapt.engine.train import Engine, Split
 from medadapt.errors import UserError
+from medadapt.safeio import short
 from medadapt.methods import get_method
 from medadapt.metrics import CORE_METRICS, classification_metrics
 
@@ -205,6 +206,12 @@ def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, m
     ds = memo[spec]
     names = method.texts.classnames
     lower = {c.lower(): i for i, c in enumerate(ds.classnames)}
+    if not dataset and not all(n.lower() in lower for n in names):
+        # on its own data set a run's classes are that data set's: anything else is a damaged
+        # or hostile classes.json (and would size the confusion matrix)
+        raise UserError(f"{run}/classes.json lists {len(names)} classes, not all in the run's data "
+                        f"set {short(spec, 120)} (a damaged run folder, or the data set changed "
+                        "since); pass --dataset to evaluate on another data set")
     trained = {n.lower(): j for j, n in enumerate(names)}
     if all(n.lower() in lower for n in names):
         classes = [lower[n.lower()] for n in names]
