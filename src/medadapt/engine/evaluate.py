@@ -119,9 +119,11 @@ def _check_classes(run: Path, cfg: dict, classes: dict, train_names, cls, params
                         f"parameters in {params.name} are for another number of classes; re-run it")
 
 
-def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"):
+def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto",
+             within: list[str] | None = None):
     """Rebuild the backbone and the trained method of a run folder; a missing, half-written or
-    damaged file is a one-line ``UserError``."""
+    damaged file is a one-line ``UserError``. ``within``: the run's own data set's classes, which
+    must hold the trained classes (checked before anything is built)."""
     run = Path(run)
     if not run.is_dir():
         raise UserError(f"run folder not found: {run}")
@@ -146,6 +148,14 @@ def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"
         base, _ = base_novel_split(texts.classnames, cfg["data"].get("base"), cfg["data"].get("novel"))
         train_names = [texts.classnames[i] for i in base]
     _check_classes(run, cfg, classes, train_names, cls, sdir / "params.safetensors")
+    if within is not None:
+        have = {c.lower() for c in within}
+        if not all(isinstance(n, str) and n.lower() in have for n in train_names):
+            # a damaged or hostile classes.json (it would size the confusion matrix)
+            raise UserError(f"{run}/classes.json lists {len(train_names)} classes, not all in the "
+                            f"run's data set {short(cfg['dataset'], 120)} (a damaged run folder, or "
+                            "the data set changed since); pass --dataset to evaluate on another "
+                            "data set")
     from medadapt.backbones import load_backbone
     backbone = load_backbone(backbone_of_run(run, cfg["backbone"]), device=pick_device(device))
     set_seed(int(res.get("seed", 1)))
@@ -198,7 +208,17 @@ def evaluate_run(run: str | Path, dataset: str | None = None, progress: bool = T
 
 
 def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, memo: dict) -> dict:
-    cfg, texts, backbone, method, sdir = load_run(run, sdir)
+    within = None
+    if not dataset:  # the run's own data set: its classes bound the run's, checked before building
+        try:
+            cfg0 = load_yaml(run / "config.yaml")
+        except UserError:
+            cfg0 = {}
+        if isinstance(cfg0.get("dataset"), str):
+            if cfg0["dataset"] not in memo:
+                memo[cfg0["dataset"]] = load_dataset(cfg0["dataset"], **dataset_options(cfg0))
+            within = memo[cfg0["dataset"]].classnames
+    cfg, texts, backbone, method, sdir = load_run(run, sdir, within=within)
     seed = _read_json(sdir / "results.json", "results.json").get("seed")
     spec = dataset or cfg["dataset"]
     if spec not in memo:
@@ -206,12 +226,6 @@ def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, m
     ds = memo[spec]
     names = method.texts.classnames
     lower = {c.lower(): i for i, c in enumerate(ds.classnames)}
-    if not dataset and not all(n.lower() in lower for n in names):
-        # on its own data set a run's classes are that data set's: anything else is a damaged
-        # or hostile classes.json (and would size the confusion matrix)
-        raise UserError(f"{run}/classes.json lists {len(names)} classes, not all in the run's data "
-                        f"set {short(spec, 120)} (a damaged run folder, or the data set changed "
-                        "since); pass --dataset to evaluate on another data set")
     trained = {n.lower(): j for j, n in enumerate(names)}
     if all(n.lower() in lower for n in names):
         classes = [lower[n.lower()] for n in names]
