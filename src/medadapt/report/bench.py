@@ -385,8 +385,8 @@ def run_state(spec: RunSpec, folder: Path) -> tuple[str, str]:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    make_dir(path.parent)  # a link in the way is refused, never followed
-    write_text(path, json.dumps(obj, indent=1, default=str))
+    path.parent.mkdir(parents=True, exist_ok=True)  # links below --out: refused in run_bench
+    write_text(path, json.dumps(obj, indent=1, default=str))  # a link at path: refused
 
 
 def is_bench_folder(out: Path) -> bool:
