@@ -163,9 +163,9 @@ def read_records(path: str | Path, check_images: bool = True, skip_bad: bool = F
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Write rows atomically (temp file + rename), so no half-written file is ever left."""
-    from medadapt.safeio import make_dir, replacing
+    from medadapt.safeio import replacing
     path = Path(path)
-    make_dir(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:  # never through a link
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -173,9 +173,9 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write one JSON document atomically."""
-    from medadapt.safeio import make_dir, replacing
+    from medadapt.safeio import replacing
     path = Path(path)
-    make_dir(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:  # never through a link
         json.dump(obj, fh, indent=2, ensure_ascii=False)
         fh.write("\n")
