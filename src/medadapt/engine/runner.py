@@ -25,7 +25,6 @@ from safetensors.torch import save_file
 
 import medadapt
 from medadapt.config import dump_yaml, load_yaml
-from medadapt.safeio import make_dir, replacing
 from medadapt.data.catalog import dataset_options
 from medadapt.data.fewshot import (base_novel_split, fraction_subset, ids_to_indices, load_fewshot,
                                    sample_fewshot, save_fewshot)
@@ -39,6 +38,7 @@ from medadapt.engine.train import Engine, Split
 from medadapt.errors import UserError
 from medadapt.methods import Method, get_method
 from medadapt.metrics import CORE_METRICS, classification_metrics, harmonic_mean
+from medadapt.safeio import make_dir, replacing
 
 
 class Prepared:
@@ -210,6 +210,8 @@ class Runner:
         results = []
         for seed in seeds:
             sdir = folder / f"seed{seed}" if len(seeds) > 1 else folder
+            if sdir != folder:
+                make_dir(sdir)  # a seed folder planted as a link is refused
             results.append(self._run_seed(prep, backbone, seed, sdir))
         if len(seeds) > 1:
             atomic_json(folder / "summary.json", summarise(results))
@@ -239,7 +241,7 @@ class Runner:
 
     def _run_seed(self, prep: Prepared, backbone, seed: int, sdir: Path) -> dict:
         cfg = self.cfg
-        make_dir(sdir)  # a seed folder planted as a link is refused
+        sdir.mkdir(parents=True, exist_ok=True)
         res_path = sdir / "results.json"
         if self.resume and res_path.exists():
             return json.loads(res_path.read_text())
