@@ -2,14 +2,15 @@
 
 Small, dependency-free helpers every reader and writer of user-facing folders shares:
 
-- writing: :func:`write_text` / :func:`write_bytes` / :func:`write_json` / :func:`replacing`
+- writing: :func:`write_text` / :func:`write_bytes` / :func:`replacing`
   (a fresh temporary file made with ``mkstemp`` beside the target, renamed over it: a symbolic
   link in the way is refused, never followed), :func:`append_text` (``O_NOFOLLOW``),
-  :func:`make_dir` (refuses a folder that is a link);
+  :func:`make_dir` / :func:`check_no_links` (refuse a folder that is a link),
+  :func:`save_figure` (user text drawn literally, never as mathtext);
 - names: :func:`check_name` (a name that becomes part of a file name);
-- bounded reading: :func:`load_yaml` (alias / node / size budget: no billion laughs),
-  :func:`load_json` (size and depth bounded), :func:`check_depth`, :func:`short` (a value cut
-  to ~200 characters for an error message);
+- bounded reading: :func:`load_yaml` / :func:`bounded_loader` (alias / node / depth budget: no
+  billion laughs), :func:`read_capped` (size), :func:`short` / :func:`one_line` (a value or a
+  message cut for an error line);
 - no remote code: :func:`refuse_remote_code` (a model folder or config that asks transformers /
   open_clip to import Python code from it is refused);
 - data roots: :func:`inside_root` (a relative path from a data set's own files resolves under its
@@ -138,11 +139,6 @@ def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
     write_bytes(path, text.encode(encoding))
 
 
-def write_json(path: str | Path, obj, **kw) -> None:
-    kw.setdefault("indent", 1)
-    write_text(path, json.dumps(obj, **kw))
-
-
 def append_text(path: str | Path, text: str) -> None:
     """Append to ``path`` (created if absent) without following a symbolic link."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) \
@@ -179,34 +175,6 @@ def read_capped(path: str | Path, what: str, limit: int = MAX_CONFIG_BYTES) -> b
         raise
     except OSError as e:
         raise UserError(f"cannot read {what} {p}: {e.strerror or e}") from None
-
-
-def check_depth(obj, what: str, limit: int = MAX_DEPTH) -> None:
-    """Refuse lists / dicts nested deeper than ``limit`` (iterative: no RecursionError)."""
-    stack = [(obj, 1)]
-    while stack:
-        o, d = stack.pop()
-        if isinstance(o, (dict, list, tuple)):
-            if d > limit:
-                raise UserError(f"{what}: nested deeper than {limit} levels; refused")
-            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
-
-
-def load_json(text_or_path, what: str, limit: int = MAX_DEPTH):
-    """JSON from a string or a file (size-capped); a bad file, a nesting deeper than ``limit``
-    or one that exhausts the parser is one ``UserError``."""
-    if isinstance(text_or_path, Path):
-        text = read_capped(text_or_path, what).decode("utf-8", errors="replace")
-    else:
-        text = text_or_path
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise UserError(f"{what}: nested too deeply; refused") from None
-    except ValueError as e:
-        raise UserError(f"{what}: not valid JSON ({short(str(e), 160)})") from None
-    check_depth(data, what, limit)
-    return data
 
 
 def bounded_loader(base):
@@ -304,12 +272,10 @@ def _remote_code_key(obj) -> str | None:
     while stack:
         o, d = stack.pop()
         if d > MAX_DEPTH:
-            return None
+            continue
         if isinstance(o, dict):
             for k, v in o.items():
-                if k in ("auto_map", "custom_pipelines") and v:
-                    return k
-                if k == "trust_remote_code" and v:
+                if k in REMOTE_CODE_KEYS and v:  # trust_remote_code: false is harmless
                     return k
                 stack.append((v, d + 1))
         elif isinstance(o, list):
