@@ -133,7 +133,16 @@ def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"
     for key in ("backbone", "method", "dataset"):
         if not cfg.get(key):
             raise UserError(f"{run}/config.yaml is damaged (no {key})")
+    if not isinstance(cfg["backbone"], str) or not isinstance(cfg["dataset"], str) or \
+            not isinstance(cfg["method"], dict) or not isinstance(cfg["method"].get("name"), str) or \
+            not isinstance(cfg.get("data") or {}, dict) or not isinstance(cfg.get("train") or {}, dict):
+        raise UserError(f"{run}/config.yaml is damaged (backbone, dataset and method.name must be "
+                        "names; data and train mappings)")
+    from medadapt.config import DEFAULTS, deep_update
+    cfg = deep_update(DEFAULTS, cfg)  # a key a hand-edited config.yaml lacks: its default
     classes = _read_json(run / "classes.json", "classes.json")
+    if not isinstance(classes, dict):
+        raise UserError(f"{run}/classes.json is damaged (not a mapping)")
     try:
         texts = ClassTexts(classes["classnames"], classes["templates"], classes["descriptions"])
     except (KeyError, TypeError):
