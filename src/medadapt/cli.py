@@ -375,7 +375,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"medadapt: error: {e}", file=sys.stderr)
+        from medadapt.safeio import one_line
+        print(f"medadapt: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except RecursionError:  # a hostile input nested too deeply that no reader caught first
+        print("medadapt: error: an input file is nested too deeply to read; refused",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medadapt: interrupted", file=sys.stderr)

@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from medadapt.errors import UserError
+from medadapt.safeio import bounded_loader, read_capped
+from medadapt.safeio import short as _short
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader whose floats follow YAML 1.2: ``2e-3`` and ``1e5`` are numbers (YAML 1.1 wants
@@ -34,6 +36,7 @@ _Loader.add_implicit_resolver(
                 |[-+]?\.(?:inf|Inf|INF)
                 |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."))
+_Loader = bounded_loader(_Loader)  # no billion laughs: alias expansion and nesting are budgeted
 
 DEFAULTS: dict = {
     "backbone": None,
@@ -139,7 +142,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config file", allow_empty: 
     if p.is_dir():
         raise UserError(f"{what} {p} is a directory, not a YAML file")
     try:
-        raw = p.read_bytes()
+        raw = read_capped(p, what)
         if b"\x00" in raw:
             raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
         text = raw.decode("utf-8-sig")
@@ -150,7 +153,9 @@ def read_yaml_mapping(path: str | Path, what: str = "config file", allow_empty: 
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
-        raise UserError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{p}: invalid YAML ({_short(str(e).splitlines()[0], 160)})") from None
+    except RecursionError:
+        raise UserError(f"{p}: invalid YAML (nested too deeply)") from None
     if data is None and allow_empty:
         data = {}
     if not isinstance(data, dict):
@@ -166,7 +171,7 @@ def apply_sets(cfg: dict, sets: list[str]) -> dict:
     cfg = copy.deepcopy(cfg)
     for s in sets or []:
         if "=" not in s:
-            raise UserError(f"--set expects key=value, got {s!r}")
+            raise UserError(f"--set expects key=value, got {_short(s)}")
         key, raw = s.split("=", 1)
         try:
             value = yaml.load(raw, Loader=_Loader) if raw != "" else None
@@ -179,7 +184,7 @@ def apply_sets(cfg: dict, sets: list[str]) -> dict:
                 node[p] = {"name": node[p]}
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise UserError(f"--set {key}: {p!r} is not a section")
+                raise UserError(f"--set {key}: {_short(p)} is not a section")
         node[parts[-1]] = value
     return normalise(cfg)
 
@@ -242,15 +247,15 @@ def _check_type(key: str, value, want, nullable: bool) -> None:
           isinstance(value, (list, tuple)) if want is list else
           isinstance(value, want))
     if not ok:
-        raise UserError(f"{key} must be {_type_name(want)}, got {value!r}")
+        raise UserError(f"{key} must be {_type_name(want)}, got {_short(value)}")
 
 
 def _unknown(key: str, allowed, section: str) -> UserError:
     prefix, _, name = key.rpartition(".")
     close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
-    hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+    hint = f"; did you mean {_short((prefix + '.' if prefix else '') + close[0])}?" if close else ""
     valid = ", ".join(sorted(allowed)) or "none"
-    return UserError(f"unknown setting {key!r}{hint} (valid {section} keys: {valid})")
+    return UserError(f"unknown setting {_short(key)}{hint} (valid {section} keys: {valid})")
 
 
 # method settings whose number default may also be null (documented by the method)
@@ -277,16 +282,16 @@ def _check_section(prefix: str, values: dict, schema: dict, section: str,
 def _check_range(key: str, v) -> None:
     if key in ENUMS and v is not None and v not in ENUMS[key]:
         close = difflib.get_close_matches(str(v), ENUMS[key], n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"{key} must be one of {', '.join(ENUMS[key])}, got {v!r}{hint}")
+        hint = f"; did you mean {_short(close[0])}?" if close else ""
+        raise UserError(f"{key} must be one of {', '.join(ENUMS[key])}, got {_short(v)}{hint}")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return
     if not math.isfinite(v):
-        raise UserError(f"{key} must be a finite number, got {v!r}")
+        raise UserError(f"{key} must be a finite number, got {_short(v)}")
     if key in _POSITIVE and not v > 0:
-        raise UserError(f"{key} must be > 0, got {v!r}")
+        raise UserError(f"{key} must be > 0, got {_short(v)}")
     if key in _NON_NEGATIVE and v < 0:
-        raise UserError(f"{key} must be >= 0, got {v!r}")
+        raise UserError(f"{key} must be >= 0, got {_short(v)}")
 
 
 _FLOAT_NAME = re.compile(r"alpha|beta|lambda|weight|scale|ratio|temp|tau")
@@ -312,11 +317,11 @@ def check_top_level(cfg: dict) -> None:
             raise _unknown(k, TOP_KEYS, "top-level")
         if k in ("data", "texts", "train") and v is not None and not isinstance(v, dict):
             raise UserError(f"{k} must be a mapping of settings (e.g. --set {k}.KEY=VALUE), "
-                            f"got {v!r}")
+                            f"got {_short(v)}")
         if k == "method" and not isinstance(v, (dict, str)):
-            raise UserError(f"method must be a method name or a mapping, got {v!r}")
+            raise UserError(f"method must be a method name or a mapping, got {_short(v)}")
         if k == "recipe" and v is not None and not isinstance(v, str):
-            raise UserError(f"recipe must be a recipe name, got {v!r}")
+            raise UserError(f"recipe must be a recipe name, got {_short(v)}")
 
 
 def validate(cfg: dict, method_defaults: dict, train_schema: dict) -> None:
@@ -324,25 +329,25 @@ def validate(cfg: dict, method_defaults: dict, train_schema: dict) -> None:
     check_top_level(cfg)
     for key in ("backbone", "dataset"):
         if not isinstance(cfg.get(key), str):
-            raise UserError(f"{key} must be a string, got {cfg.get(key)!r}")
+            raise UserError(f"{key} must be a string, got {_short(cfg.get(key))}")
     shots = cfg.get("shots")
     _check_type("shots", shots, int, nullable=False)
     _check_range("shots", shots)
     seeds = cfg.get("seeds")
     if not isinstance(seeds, (list, tuple)) or not seeds:
-        raise UserError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+        raise UserError(f"seeds must be a non-empty list of integers, got {_short(seeds)}")
     for s in seeds:
         _check_type("seeds", s, int, nullable=False)
-        if s < 0:
-            raise UserError(f"seeds must be integers >= 0, got {s!r}")
+        if s < 0 or s >= 2**32:
+            raise UserError(f"seeds must be integers >= 0 and < 2**32, got {_short(s)}")
     dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
     if dup:
         raise UserError(f"seeds must be distinct; {dup[0]} is given twice")
     if cfg.get("protocol") not in PROTOCOLS:
-        raise UserError(f"unknown protocol {cfg.get('protocol')!r}; valid: {', '.join(PROTOCOLS)}")
+        raise UserError(f"unknown protocol {_short(cfg.get('protocol'))}; valid: {', '.join(PROTOCOLS)}")
     dev = cfg.get("device")
     if not isinstance(dev, str) or not _DEVICE_RE.match(dev):
-        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {_short(dev)}")
     _check_data(cfg.get("data") or {})
     for k, proto in _PROTOCOL_ONLY.items():
         if (cfg.get("data") or {}).get(k) is not None and cfg.get("protocol") != proto:
@@ -369,7 +374,7 @@ def _check_data(d: dict) -> None:
         _check_range(key, v)
     frac = d.get("fraction")
     if frac is not None and not 0 < frac <= 1:
-        raise UserError(f"data.fraction must be in (0, 1], got {frac!r}")
+        raise UserError(f"data.fraction must be in (0, 1], got {_short(frac)}")
 
 
 def train_schema(train_defaults: dict, *extra: dict) -> dict:
@@ -383,4 +388,5 @@ def train_schema(train_defaults: dict, *extra: dict) -> dict:
 
 
 def dump_yaml(cfg: dict, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    from medadapt.safeio import write_text
+    write_text(path, yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))

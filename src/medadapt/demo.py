@@ -253,10 +253,12 @@ def run_job(job: dict, out: str) -> dict:
             import shutil
             shutil.rmtree(run_dir)
     try:
+        from medadapt.safeio import check_no_links, make_dir, write_text
+        check_no_links(Path(out), run_dir)  # runs/ or runs/<key> planted as a link: refused
         runner = Runner(job["cfg"], run_dir, resume=run_dir.exists(), quiet=True,
                         progress=False)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        stamp_file.write_text(stamp)
+        make_dir(run_dir.parent, root=Path(out))
+        write_text(stamp_file, stamp)  # temp + swap: a link in the way is refused
         res = runner.run()["results"]
     except UserError as e:
         return {**row, "error": str(e), "wall_seconds": time.time() - t0}

@@ -42,6 +42,7 @@ from pathlib import Path
 import yaml
 
 from medadapt.errors import UserError
+from medadapt.safeio import bounded_loader, short
 
 DEFAULT_TEMPLATE = "a photo of a {domain} with {concept}, which indicates a {class}"
 DEFAULT_NO_FINDING = "No finding."
@@ -63,12 +64,13 @@ def _construct_mapping(loader, node, deep=False):
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise UserError(f"duplicate name {key!r} (line {key_node.start_mark.line + 1})")
+            raise UserError(f"duplicate name {short(key)} (line {key_node.start_mark.line + 1})")
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_UniqueKeyLoader = bounded_loader(_UniqueKeyLoader)  # alias expansion and nesting budgeted
 
 
 def _json_pairs(pairs):
@@ -426,6 +428,8 @@ def loads(text: str, fmt: str = "yaml", where: str = "") -> Hierarchy:
             data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except UserError as e:
         raise UserError(f"{where}{e}") from None
+    except RecursionError:
+        raise UserError(f"{where}nested too deeply") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{where}line {e.lineno}: invalid JSON ({e.msg})") from None
     except yaml.YAMLError as e:

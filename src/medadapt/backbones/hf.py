@@ -108,10 +108,13 @@ def load_hf_clip(source: str, name: str | None = None, device: str = "cpu",
     else:
         source_dir = source
 
+    from medadapt.safeio import refuse_remote_code
+    refuse_remote_code(source_dir if os.path.isdir(source_dir) else None)  # data, never code
     try:
-        model = CLIPModel.from_pretrained(source_dir, cache_dir=cache_dir)
-        tok = AutoTokenizer.from_pretrained(source_dir, cache_dir=cache_dir)
-        ip = AutoImageProcessor.from_pretrained(source_dir, cache_dir=cache_dir)
+        no_code = {"trust_remote_code": False}
+        model = CLIPModel.from_pretrained(source_dir, cache_dir=cache_dir, **no_code)
+        tok = AutoTokenizer.from_pretrained(source_dir, cache_dir=cache_dir, **no_code)
+        ip = AutoImageProcessor.from_pretrained(source_dir, cache_dir=cache_dir, **no_code)
     except Exception as e:
         raise UserError(
             f"cannot load Hugging Face CLIP model {source!r} ({type(e).__name__}: "

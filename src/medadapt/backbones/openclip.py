@@ -240,8 +240,16 @@ def _load_dir(folder, name: str, source: str, device: str, quick_gelu: bool | No
     try:
         cfg = json.loads((folder / "open_clip_config.json").read_text())
         model_cfg = cfg["model_cfg"]
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{folder / 'open_clip_config.json'}: not an open_clip config ({e})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise UserError(f"{folder / 'open_clip_config.json'}: not an open_clip config "
+                        f"({type(e).__name__})") from None
+    # files from others are data: a folder (or a text tower / tokenizer it names) whose configs
+    # ask transformers / open_clip to import Python code (auto_map, trust_remote_code) is refused
+    from medadapt.safeio import refuse_remote_code, refuse_remote_code_in
+    refuse_remote_code(folder)
+    if not isinstance(model_cfg, dict) or not isinstance(model_cfg.get("text_cfg", {}), dict):
+        raise UserError(f"{folder / 'open_clip_config.json'}: not an open_clip config (model_cfg)")
+    refuse_remote_code_in(text_configs or {}, f"the text tower configs of {folder}")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) \
             and not any(folder.glob("*.pth")):
         raise UserError(f"{folder}: no weights file (expected one of {', '.join(_WEIGHTS)})")
@@ -251,6 +259,7 @@ def _load_dir(folder, name: str, source: str, device: str, quick_gelu: bool | No
     if hf_name:
         extra = dict(_folder_text_configs(folder) or {}, **(text_configs or {}))
         local = text_config_folder(hf_name, extra)
+        refuse_remote_code(local, f"the text tower of {folder}")
         if local is None and hub.offline():
             raise UserError(
                 f"{folder}: the text tower is {hf_name!r}, whose config.json medadapt does not "
@@ -273,15 +282,23 @@ def _load_dir(folder, name: str, source: str, device: str, quick_gelu: bool | No
                             f"model's repository, or the repository {tok_name})")
         else:
             tok_source = tok_name
+    if tok_source is not None and Path(tok_source).is_dir():
+        refuse_remote_code(tok_source, f"the tokenizer of {folder}")
+    # never from the folder's config: transformers gets trust_remote_code=False from us
+    tok_kwargs = {k: v for k, v in (text_cfg.get("tokenizer_kwargs") or {}).items()
+                  if k not in ("trust_remote_code", "auto_map")} \
+        if isinstance(text_cfg.get("tokenizer_kwargs") or {}, dict) else {}
     try:
         model, _, pre_val = open_clip.create_model_and_transforms(
             "local-dir:" + str(folder), device=device, force_quick_gelu=bool(quick_gelu), **kwargs)
         if tok_source is None:
-            tokenizer = open_clip.get_tokenizer("local-dir:" + str(folder))
+            tokenizer = open_clip.get_tokenizer(
+                "local-dir:" + str(folder),
+                **({"trust_remote_code": False} if tok_name else {}))
         else:
             from open_clip.tokenizer import HFTokenizer
             tokenizer = HFTokenizer(tok_source, context_length=int(text_cfg.get("context_length", 77)),
-                                    **text_cfg.get("tokenizer_kwargs", {}))
+                                    **tok_kwargs, trust_remote_code=False)
     except UserError:
         raise
     except Exception as e:
@@ -303,9 +320,12 @@ def _folder_text_configs(folder) -> dict | None:
     if not f.is_file():
         return None
     try:
-        return json.loads(f.read_text())
-    except ValueError as e:
-        raise UserError(f"{f}: not valid JSON ({e})") from None
+        data = json.loads(f.read_text())
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{f}: not valid JSON ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{f}: must map hub ids to config mappings")
+    return data
 
 
 def _train_transform_of(model):

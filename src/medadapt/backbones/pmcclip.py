@@ -182,9 +182,11 @@ def load_pmc_clip(source: str, name: str | None = None, device: str = "cpu",
                         f"({str(e).splitlines()[0][:200]})") from None
     tdir = folder / "text_encoder"
     tsrc = str(tdir) if (tdir / "config.json").is_file() else (text_model or TEXT_MODEL)
+    from medadapt.safeio import refuse_remote_code
+    refuse_remote_code(tsrc if Path(tsrc).is_dir() else None, "PMC-CLIP text tower")
     try:
-        tcfg = AutoConfig.from_pretrained(tsrc)
-        tok = AutoTokenizer.from_pretrained(tsrc)
+        tcfg = AutoConfig.from_pretrained(tsrc, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(tsrc, trust_remote_code=False)
     except Exception as e:
         raise UserError(f"PMC-CLIP text tower: cannot load the BERT config / tokenizer {tsrc!r} "
                         f"({type(e).__name__}); without internet, fill the Hugging Face cache with "

@@ -225,7 +225,8 @@ def ids_to_indices(ds: DataSet, ids_by_class: dict[str, list[str]]) -> list[int]
 
 
 def save_fewshot(path: str | Path, fs: dict) -> None:
-    Path(path).write_text(json.dumps(fs, indent=1, sort_keys=True))
+    from medadapt.safeio import write_text  # a planted link is refused, never followed
+    write_text(path, json.dumps(fs, indent=1, sort_keys=True))
 
 
 def load_fewshot(path: str | Path) -> dict:
@@ -236,7 +237,9 @@ def load_fewshot(path: str | Path) -> dict:
         fs = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if "train" not in fs:
+    except RecursionError:
+        raise UserError(f"{p}: invalid JSON (nested too deeply)") from None
+    if not isinstance(fs, dict) or "train" not in fs:
         raise UserError(f"{p}: not a fewshot.json (no 'train' key)")
     return fs
 

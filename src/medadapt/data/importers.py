@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from medadapt.errors import UserError
@@ -57,9 +56,12 @@ def import_python_descriptions(path: str | Path, variable: str | None = None) ->
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"descriptions source not found: {p}")
-    raw = p.read_bytes()
+    from medadapt.safeio import read_capped
+    raw = read_capped(p, "descriptions source")
     try:
         tree = ast.parse(raw, filename=str(p))
+    except (RecursionError, MemoryError):
+        raise UserError(f"{p}: nested too deeply to read (nothing is executed)") from None
     except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes (a binary file)
         where = f"{p}:{e.lineno}" if getattr(e, "lineno", None) else str(p)
         raise UserError(f"{where}: not valid Python ({getattr(e, 'msg', None) or e})") from None
@@ -116,11 +118,9 @@ def write_descriptions(data: dict, out: str | Path, overwrite: bool = False) -> 
         raise UserError(f"{o} exists; pass --overwrite to replace it")
     if o.parent and not o.parent.is_dir():
         raise UserError(f"output folder not found: {o.parent}")
-    tmp = o.with_name(f".{o.name}.tmp{os.getpid()}")
+    from medadapt.safeio import write_text
     try:
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, o)
+        write_text(o, json.dumps(data, indent=1, ensure_ascii=False) + "\n")  # no-follow
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {o}: {e.strerror or e}") from None
     return o

@@ -75,6 +75,8 @@ def read_descriptions(path: str | Path) -> dict:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise UserError(f"{p}: invalid JSON (nested too deeply)") from None
     except UnicodeDecodeError:
         raise UserError(f"{p}: not a UTF-8 JSON file") from None
     except OSError as e:
@@ -85,7 +87,7 @@ def read_descriptions(path: str | Path) -> dict:
     for name, sents in data["classes"].items():
         if not isinstance(sents, list) or not sents or not all(isinstance(s, str) and s.strip()
                                                                 for s in sents):
-            raise UserError(f"{p}: class {name!r} needs a non-empty list of sentences")
+            raise UserError(f"{p}: class {name[:120]!r} needs a non-empty list of sentences")
     return data
 
 

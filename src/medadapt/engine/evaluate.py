@@ -22,6 +22,7 @@ from medadapt.engine.resolve import class_texts_for
 from medadapt.engine.rundir import pick_device, set_seed
 from medadapt.engine.train import Engine, Split
 from medadapt.errors import UserError
+from medadapt.safeio import short
 from medadapt.methods import get_method
 from medadapt.metrics import CORE_METRICS, classification_metrics
 
@@ -45,11 +46,86 @@ def _read_json(path: Path, what: str):
                         "finish it with `medadapt fit ... --resume`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: {what} is not valid JSON ({e}); the run is damaged, re-run it") from None
+    except RecursionError:
+        raise UserError(f"{path}: {what} is nested too deeply; the run is damaged") from None
 
 
-def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"):
+def backbone_of_run(run: Path, spec: str) -> str:
+    """The backbone a run folder's config.yaml names: a registered alias or hub id as it is; a
+    folder path relative to the run folder (``./model``), which must stay inside it. An absolute
+    folder (the one ``fit --backbone /abs/dir`` recorded) is used as it is. Every folder goes
+    through the same remote-code refusal as ``--backbone``."""
+    import os
+
+    from medadapt.backbones import BACKBONES
+    if not isinstance(spec, str) or spec in BACKBONES:
+        return spec
+    prefix = ""
+    for p in ("open_clip:", "hf:", "conch:", "pmc_clip:"):
+        if spec.startswith(p):
+            prefix, spec = p, spec[len(p):]
+            break
+    if spec.startswith("local-dir:"):
+        prefix, spec = prefix + "local-dir:", spec[len("local-dir:"):]
+    if spec.startswith(("hf-hub:", "hf-dataset:")) or "@" in spec or not spec \
+            or os.path.isabs(os.path.expanduser(spec)):
+        return prefix + spec
+    inside = run / spec
+    if os.sep not in spec and "/" not in spec and not spec.startswith(".") and not inside.exists():
+        return prefix + spec  # an unknown name: load_backbone says so
+    hub_like = spec.count("/") == 1 and not spec.startswith(".") and not inside.exists()
+    if hub_like and not prefix.endswith("local-dir:"):
+        return prefix + spec  # org/repo: a hub id
+    try:
+        ok = inside.resolve().is_relative_to(run.resolve())
+    except (OSError, RuntimeError):
+        ok = False
+    if not ok:
+        raise UserError(f"{run}/config.yaml names the backbone folder {spec[:120]!r}, which is "
+                        "outside the run folder; a run folder may only name a registered "
+                        "backbone, a hub id, an absolute folder or a folder inside itself")
+    return prefix + str(inside)
+
+
+# methods whose learned tensors have one axis per training class (weights, cache values, CoOp's
+# class-specific contexts): classes.json must agree with them
+CLASS_SHAPED = frozenset({"linear-probe", "lp++", "tip-adapter", "tip-adapter-f"})
+
+
+def _check_classes(run: Path, cfg: dict, classes: dict, train_names, cls, params: Path) -> None:
+    """The class lists of classes.json must fit config.yaml and the learned parameters, checked
+    before anything is built (a hostile list of 20,000 names would build a 20,000 x 20,000
+    confusion matrix)."""
+    names = classes.get("classnames")
+    bad = f"{run}/classes.json is damaged"
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names) or \
+            not isinstance(train_names, list) or not all(isinstance(c, str) for c in train_names):
+        raise UserError(f"{bad} (classnames must be a list of names)")
+    if len(set(names)) != len(names) or not set(train_names) <= set(names):
+        raise UserError(f"{bad} (duplicate class names, or training classes not among its classes)")
+    stored = cfg.get("classnames")
+    if isinstance(stored, list) and len(stored) != len(names):
+        raise UserError(f"{bad}: it lists {len(names)} classes, config.yaml {len(stored)}; "
+                        "re-run it")
+    shaped = cls.name in CLASS_SHAPED or (cls.name == "coop" and (cfg.get("method") or {}).get("csc"))
+    if not shaped or not params.is_file():
+        return  # no learned tensor has a class axis (or no params: refused later in one line)
+    try:
+        from safetensors import safe_open
+        with safe_open(str(params), framework="pt") as f:
+            dims = {d for k in f.keys() for d in f.get_slice(k).get_shape()}
+    except Exception:
+        return  # a damaged file is refused later, in one line
+    if len(train_names) not in dims:
+        raise UserError(f"{bad}: it lists {len(train_names)} training classes, but the learned "
+                        f"parameters in {params.name} are for another number of classes; re-run it")
+
+
+def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto",
+             within: list[str] | None = None):
     """Rebuild the backbone and the trained method of a run folder; a missing, half-written or
-    damaged file is a one-line ``UserError``."""
+    damaged file is a one-line ``UserError``. ``within``: the run's own data set's classes, which
+    must hold the trained classes (checked before anything is built)."""
     run = Path(run)
     if not run.is_dir():
         raise UserError(f"run folder not found: {run}")
@@ -59,20 +135,40 @@ def load_run(run: str | Path, seed_dir: Path | None = None, device: str = "auto"
     for key in ("backbone", "method", "dataset"):
         if not cfg.get(key):
             raise UserError(f"{run}/config.yaml is damaged (no {key})")
+    if not isinstance(cfg["backbone"], str) or not isinstance(cfg["dataset"], str) or \
+            not isinstance(cfg["method"], dict) or not isinstance(cfg["method"].get("name"), str) or \
+            not isinstance(cfg.get("data") or {}, dict) or not isinstance(cfg.get("train") or {}, dict):
+        raise UserError(f"{run}/config.yaml is damaged (backbone, dataset and method.name must be "
+                        "names; data and train mappings)")
+    from medadapt.config import DEFAULTS, deep_update
+    cfg = deep_update(DEFAULTS, cfg)  # a key a hand-edited config.yaml lacks: its default
     classes = _read_json(run / "classes.json", "classes.json")
+    if not isinstance(classes, dict):
+        raise UserError(f"{run}/classes.json is damaged (not a mapping)")
     try:
         texts = ClassTexts(classes["classnames"], classes["templates"], classes["descriptions"])
     except (KeyError, TypeError):
         raise UserError(f"{run}/classes.json is damaged (missing classnames / templates)") from None
     sdir = seed_dir or _seed_dirs(run)[0]
-    from medadapt.backbones import load_backbone
-    backbone = load_backbone(cfg["backbone"], device=pick_device(device))
     cls = get_method(cfg["method"]["name"])
     res = _read_json(sdir / "results.json", "results.json")
+    if not isinstance(res, dict):
+        raise UserError(f"{sdir / 'results.json'} is damaged (not a mapping); re-run it")
     train_names = classes.get("train_classnames") or texts.classnames
     if "train_classnames" not in classes and res.get("protocol") == "base-to-novel":
         base, _ = base_novel_split(texts.classnames, cfg["data"].get("base"), cfg["data"].get("novel"))
         train_names = [texts.classnames[i] for i in base]
+    _check_classes(run, cfg, classes, train_names, cls, sdir / "params.safetensors")
+    if within is not None:
+        have = {c.lower() for c in within}
+        if not all(isinstance(n, str) and n.lower() in have for n in train_names):
+            # a damaged or hostile classes.json (it would size the confusion matrix)
+            raise UserError(f"{run}/classes.json lists {len(train_names)} classes, not all in the "
+                            f"run's data set {short(cfg['dataset'], 120)} (a damaged run folder, or "
+                            "the data set changed since); pass --dataset to evaluate on another "
+                            "data set")
+    from medadapt.backbones import load_backbone
+    backbone = load_backbone(backbone_of_run(run, cfg["backbone"]), device=pick_device(device))
     set_seed(int(res.get("seed", 1)))
     method = cls(backbone, texts.for_classes(train_names), cfg["method"]).to(backbone.device)
     params = sdir / "params.safetensors"
@@ -124,7 +220,17 @@ def evaluate_run(run: str | Path, dataset: str | DataSet | None = None, progress
 
 
 def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, memo: dict) -> dict:
-    cfg, texts, backbone, method, sdir = load_run(run, sdir)
+    within = None
+    if not dataset:  # the run's own data set: its classes bound the run's, checked before building
+        try:
+            cfg0 = load_yaml(run / "config.yaml")
+        except UserError:
+            cfg0 = {}
+        if isinstance(cfg0.get("dataset"), str):
+            if cfg0["dataset"] not in memo:
+                memo[cfg0["dataset"]] = load_dataset(cfg0["dataset"], **dataset_options(cfg0))
+            within = memo[cfg0["dataset"]].classnames
+    cfg, texts, backbone, method, sdir = load_run(run, sdir, within=within)
     seed = _read_json(sdir / "results.json", "results.json").get("seed")
     if isinstance(dataset, DataSet):
         spec, memo[dataset.name] = dataset.name, dataset

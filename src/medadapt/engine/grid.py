@@ -19,8 +19,8 @@ _IGNORED_DIFF = ("device", "seeds", "classnames", "data.workers", "data.batch_si
                  "train.workers")
 
 def slug(s: str) -> str:
-    """A folder-safe label."""
-    out = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(s)).strip("-.")
+    """A folder-safe label (never a path: no separators, no leading dot, at most 100 characters)."""
+    out = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(s)).strip("-.")[:100].rstrip("-.")
     return out or "x"
 
 

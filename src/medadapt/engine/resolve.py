@@ -42,9 +42,31 @@ def resolve(cfg: dict) -> dict:
     if not cfg["seeds"]:
         raise UserError("give at least one seed")
     validate(cfg, cls.defaults, train_schema(TRAIN_DEFAULTS, cls.train_defaults))
+    cfg["backbone"] = absolute_backbone(cfg["backbone"])
     from medadapt.engine.features import autocast_dtype
     autocast_dtype(cfg["data"].get("precision", "auto"), "cpu")  # validates the name
     return cfg
+
+
+def absolute_backbone(spec: str) -> str:
+    """A backbone folder given relative to the working directory, made absolute: the run folder's
+    config.yaml then names it unambiguously (``eval`` reads relative paths in a run folder
+    relative to that folder, never to the working directory)."""
+    import os
+
+    from medadapt.backbones import BACKBONES
+    if spec in BACKBONES:
+        return spec
+    prefix = ""
+    for p in ("open_clip:", "hf:", "conch:", "pmc_clip:"):
+        if spec.startswith(p):
+            prefix, spec = p, spec[len(p):]
+            break
+    if spec.startswith("local-dir:"):
+        prefix, spec = prefix + "local-dir:", spec[len("local-dir:"):]
+    if spec and not os.path.isabs(spec) and not spec.startswith("~") and os.path.isdir(spec):
+        return prefix + os.path.abspath(spec)
+    return prefix + spec
 
 
 def class_texts_for(cfg: dict, ds: DataSet, classnames: list[str], needs: bool) -> ClassTexts:

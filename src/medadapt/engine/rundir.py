@@ -34,7 +34,8 @@ RESUME_IGNORED = ("device", "classnames", "data.workers", "data.batch_size", "tr
 RUN_FILES = frozenset({"config.yaml", "classes.json", "results.json", "summary.json",
                        "fewshot.json", "params.safetensors", "log.txt", "checkpoint.safetensors",
                        "checkpoint_state.pt", "bench.json"})
-_RUN_TMP = re.compile(r"^(config\.yaml\.tmp|[a-z_]+\.json\.tmp\d*|checkpoint(_state)?\.tmp)$")
+_RUN_TMP = re.compile(r"^(config\.yaml\.tmp|[a-z_]+\.json\.tmp\d*|checkpoint(_state)?\.tmp"
+                      r"|\.[a-z_]+\.(json|yaml|txt|safetensors|pt)\.[a-z0-9_]{8}\.tmp\.[a-z]+)$")
 _SEED_DIR = re.compile(r"^seed\d+$")
 # folders medadapt writes into a run folder (--log tensorboard: RUN/tensorboard/seed<N>/)
 RUN_DIRS = frozenset({"tensorboard"})
@@ -64,8 +65,8 @@ def is_run_folder(path: Path, strict: bool = True) -> bool:
     if not cfg.is_file() or (strict and not any((path / m).is_file() for m in RUN_MARKERS)):
         return False
     try:
-        import yaml
-        data = yaml.safe_load(cfg.read_text())
+        from medadapt.safeio import load_yaml  # alias / size / depth budget
+        data = load_yaml(cfg.read_text())
     except Exception:
         return False
     return isinstance(data, dict) and "method" in data and "backbone" in data
@@ -120,9 +121,13 @@ class run_lock:
             raise UserError(f"--out {self.out}: cannot create {self.path.parent} "
                             f"({e.strerror or e})") from None
         while True:
-            try:
-                fh = open(self.path, "a+")
+            try:  # O_NOFOLLOW: a lock file planted as a link is never created or opened through
+                fh = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND
+                                       | getattr(os, "O_NOFOLLOW", 0), 0o644), "a+")
             except OSError as e:  # read-only or special file system (root ignores permissions)
+                if self.path.is_symlink():
+                    raise UserError(f"{self.path} is a symbolic link; medadapt never writes "
+                                    "through a link (remove it)") from None
                 raise UserError(f"--out {self.out}: cannot write in {self.path.parent} "
                                 f"({e.strerror or e})") from None
             try:
@@ -192,9 +197,8 @@ def set_seed(seed: int) -> None:
 
 
 def atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    from medadapt.safeio import write_text  # a fresh temp file: never through a planted link
+    write_text(path, json.dumps(obj, indent=1, default=_json_default))
 
 
 def _json_default(o):
@@ -212,7 +216,7 @@ class RunLog:
     def __call__(self, msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
         if self.path:
-            with open(self.path, "a") as f:
-                f.write(line + "\n")
+            from medadapt.safeio import append_text  # O_NOFOLLOW: a planted link is refused
+            append_text(self.path, line + "\n")
         if not self.quiet:
             print(line, file=sys.stderr)

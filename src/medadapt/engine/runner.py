@@ -40,6 +40,7 @@ from medadapt.engine.train import Engine, Split
 from medadapt.errors import UserError
 from medadapt.methods import Method, get_method
 from medadapt.metrics import CORE_METRICS, classification_metrics, harmonic_mean
+from medadapt.safeio import make_dir, replacing
 
 
 class Prepared:
@@ -246,8 +247,7 @@ class Runner:
     def _write(self, prep: Prepared, backbone, folder: Path, out: Path) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         cfg = dict(self.cfg, classnames=list(prep.ds.classnames))
-        dump_yaml(cfg, folder / "config.yaml.tmp")
-        os.replace(folder / "config.yaml.tmp", folder / "config.yaml")
+        dump_yaml(cfg, folder / "config.yaml")  # temp + swap, a link in the way refused
         atomic_json(folder / "classes.json", {"classnames": prep.texts.classnames,
                                               "train_classnames": [prep.ds.classnames[c] for c in
                                                                    prep.train_classes],
@@ -257,6 +257,8 @@ class Runner:
         results = []
         for seed in seeds:
             sdir = folder / f"seed{seed}" if len(seeds) > 1 else folder
+            if sdir != folder:
+                make_dir(sdir)  # a seed folder planted as a link is refused
             try:
                 results.append(self._run_seed(prep, backbone, seed, sdir))
             finally:
@@ -403,7 +405,8 @@ class Runner:
             self._tracker.log_final({**result["metrics"], **{k: result[k] for k in
                                                             ("base", "novel", "hm")
                                                             if result.get(k) is not None}})
-        save_file(method.learned_state_dict(), str(sdir / "params.safetensors"))
+        with replacing(sdir / "params.safetensors") as tmp:
+            save_file(method.learned_state_dict(), tmp)
         for f in ("checkpoint.safetensors", "checkpoint_state.pt"):
             (sdir / f).unlink(missing_ok=True)
         atomic_json(res_path, result)

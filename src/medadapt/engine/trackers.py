@@ -56,6 +56,9 @@ class TensorBoardTracker:
             raise UserError("--log tensorboard needs the tensorboard package: "
                             "pip install tensorboard") from None
         self.logdir = Path(logdir)
+        # inside the run folder; a folder on the way planted as a link is refused (issue 21)
+        from medadapt.safeio import make_dir
+        make_dir(self.logdir, root=self.logdir.parent.parent)
         self.writer = SummaryWriter(log_dir=str(self.logdir))
         self.name = name
         if config is not None:

@@ -15,7 +15,6 @@ methods with ``needs_images`` get pixels through the backbone's train transform.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,10 +267,20 @@ class Engine:
         ckpt = self.run_dir / "checkpoint.safetensors" if self.run_dir and c["checkpoint"] else None
         state_path = ckpt.with_name("checkpoint_state.pt") if ckpt else None
         if ckpt and self.resume and ckpt.exists() and state_path.exists():
-            method.load_learned_state_dict(load_file(str(ckpt)))
-            st = torch.load(state_path, weights_only=True)  # our own file; tensors and numbers only
-            opt.load_state_dict(st["optimizer"])
-            start_epoch, history = int(st["epoch"]), list(st["history"])
+            try:  # a damaged or hostile checkpoint (weights_only refuses any pickle): one line
+                method.load_learned_state_dict(load_file(str(ckpt)))
+                st = torch.load(state_path, weights_only=True)  # tensors and numbers only
+                opt.load_state_dict(st["optimizer"])
+                start_epoch, history = int(st["epoch"]), list(st["history"])
+            except Exception as e:
+                from medadapt.errors import UserError
+                why = "it holds pickled Python objects, which medadapt never loads" \
+                    if "Weights only load failed" in str(e) else \
+                    f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                raise UserError(f"--resume: the checkpoint in {self.run_dir} cannot be read safely "
+                                f"({why}); "
+                                "delete checkpoint.safetensors and checkpoint_state.pt to restart "
+                                "that seed") from None
             self.log(f"resumed from epoch {start_epoch}")
         t0 = time.time()
         bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=f"training {method.name}",
@@ -339,12 +348,11 @@ class Engine:
         return history
 
     def _save_ckpt(self, method, opt, epoch, history, ckpt, state_path):
-        tmp = ckpt.with_suffix(".tmp")
-        save_file(method.learned_state_dict(), str(tmp))
-        os.replace(tmp, ckpt)
-        tmp2 = state_path.with_suffix(".tmp")
-        torch.save({"optimizer": opt.state_dict(), "epoch": epoch, "history": history}, tmp2)
-        os.replace(tmp2, state_path)
+        from medadapt.safeio import replacing  # a fresh temp file: never through a planted link
+        with replacing(ckpt) as tmp:
+            save_file(method.learned_state_dict(), tmp)
+        with replacing(state_path) as tmp2:
+            torch.save({"optimizer": opt.state_dict(), "epoch": epoch, "history": history}, tmp2)
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()

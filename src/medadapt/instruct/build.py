@@ -37,6 +37,7 @@ from medadapt.instruct.config import BuildConfig, to_dict
 from medadapt.instruct.export import EXPORTERS
 from medadapt.instruct.records import BadItem, Record, validate, write_json, write_jsonl
 from medadapt.instruct.sources import run_source
+from medadapt.safeio import make_dir, write_text
 
 # keys every source takes; the adapter's own come from its registered option help
 _SOURCE_KEYS = {"kind", "path", "name", "limit", "split"}
@@ -236,6 +237,8 @@ def build(cfg: BuildConfig, out: str | Path, overwrite: bool = False) -> dict[st
     from tqdm import tqdm
 
     out = Path(out)
+    from medadapt.safeio import check_name
+    check_name(cfg.name, "build name")  # it becomes the export file names (NAME_train.json ...)
     if not cfg.sources:
         raise UserError("no sources: pass --source kind=...,path=... or list sources in the config")
     if (out / "data.jsonl").exists() and not overwrite:
@@ -286,7 +289,10 @@ def build(cfg: BuildConfig, out: str | Path, overwrite: bool = False) -> dict[st
     assign_splits(records, cfg.split, cfg.seed, fixed)
     if cfg.image_paths not in ("absolute", "relative"):
         raise UserError(f"image_paths must be absolute or relative, got {cfg.image_paths!r}")
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # --out as the user named it
+    for sub in ("llamafactory", "swift"):
+        if (out / sub).is_symlink():
+            make_dir(out / sub)  # refused in one line: never written through
     if cfg.image_paths == "relative":
         for r in records:
             r.images = [os.path.relpath(p, out) for p in r.images]
@@ -297,8 +303,8 @@ def build(cfg: BuildConfig, out: str | Path, overwrite: bool = False) -> dict[st
         write_jsonl(out / f"{s}.jsonl", [r.to_json() for r in recs])
     write_json(out / "labels.json", label_sets)
     write_json(out / "stats.json", st)
-    (out / "stats.md").write_text(stats_markdown(st))
-    (out / "build_config.yaml").write_text(yaml.safe_dump({"build": to_dict(cfg)}, sort_keys=False))
+    write_text(out / "stats.md", stats_markdown(st))
+    write_text(out / "build_config.yaml", yaml.safe_dump({"build": to_dict(cfg)}, sort_keys=False))
     for name in cfg.export:
         if name not in EXPORTERS:
             raise UserError(f"unknown exporter {name!r}; valid: {', '.join(EXPORTERS)}")

@@ -33,7 +33,8 @@ def _safe(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
         try:
             return fn(args)
         except UserError as e:
-            msg = " ".join(str(e).split())
+            from medadapt.safeio import one_line
+            msg = one_line(" ".join(str(e).split()))
             print(f"medadapt instruct {args.instruct_cmd}: error: {msg}", file=sys.stderr)
             return 2
     run.__name__ = fn.__name__

@@ -163,11 +163,14 @@ def load(section: str, path: str | Path | None = None, sets: list[str] | None = 
         if not p.is_file():
             raise UserError(f"config file not found: {p}")
         try:
-            user = yaml.safe_load(p.read_text()) or {}
+            from medadapt.safeio import load_yaml, read_capped
+            user = load_yaml(read_capped(p, "config file").decode("utf-8", "replace")) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
-            raise UserError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+            from medadapt.safeio import short
+            raise UserError(f"{p}{line}: invalid YAML "
+                            f"({short(str(getattr(e, 'problem', None) or e), 160)})") from None
         if not isinstance(user, dict):
             raise UserError(f"{p}: expected a mapping with sections build / train / eval")
         key = key or section
@@ -183,7 +186,11 @@ def load(section: str, path: str | Path | None = None, sets: list[str] | None = 
         if "=" not in s:
             raise UserError(f"--set {s!r}: expected key=value")
         k, v = s.split("=", 1)
-        _set(data, k.strip(), yaml.safe_load(v))
+        try:
+            from medadapt.safeio import load_yaml
+            _set(data, k.strip(), load_yaml(v))
+        except yaml.YAMLError:
+            _set(data, k.strip(), v)
     return _build(SECTIONS[section], data, where)
 
 

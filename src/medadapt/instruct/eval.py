@@ -29,6 +29,7 @@ from medadapt.instruct import scoring
 from medadapt.instruct.config import EvalConfig, to_dict
 from medadapt.instruct.encode import ChatEncoder, call_processor, stop_token_ids
 from medadapt.instruct.records import Record, read_records, write_json, write_jsonl
+from medadapt.safeio import write_text
 
 
 def eval_file(data: str | Path, split: str) -> Path:
@@ -50,6 +51,8 @@ def load_labels(path: str | Path | None) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: malformed JSON (nested too deeply)") from None
 
 
 @torch.inference_mode()
@@ -153,6 +156,8 @@ def evaluate(models: list[str], data: str | Path, out: str | Path, cfg: EvalConf
             m = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"--results {p}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise UserError(f"--results {p}: not valid JSON (nested too deeply)") from None
         if not (isinstance(m, dict) and isinstance(m.get("model"), str)
                 and isinstance(m.get("results"), dict)
                 and all(isinstance(r, dict) and "task" in r for r in m["results"].values())):
@@ -189,7 +194,7 @@ def evaluate(models: list[str], data: str | Path, out: str | Path, cfg: EvalConf
         raise UserError("nothing to evaluate: give --model and/or --results")
     table = comparison(all_metrics)
     write_json(out / "comparison.json", table)
-    (out / "comparison.md").write_text(comparison_markdown(table))
+    write_text(out / "comparison.md", comparison_markdown(table))
     return {"models": [m["model"] for m in all_metrics], "comparison": table}
 
 

@@ -21,7 +21,9 @@ def _row(r: Record) -> dict[str, Any]:
 
 def export_llamafactory(splits: dict[str, list[Record]], out: Path, name: str) -> Path:
     """Write ``out/llamafactory/{name}_{split}.json`` and ``dataset_info.json``."""
-    folder = out / "llamafactory"
+    from medadapt.safeio import check_name, make_dir
+    check_name(name, "build name")  # never a path: it becomes NAME_<split>.json
+    folder = make_dir(out / "llamafactory")
     info = {}
     for split, recs in splits.items():
         if not recs:
@@ -40,7 +42,9 @@ def export_llamafactory(splits: dict[str, list[Record]], out: Path, name: str) -
 
 def export_swift(splits: dict[str, list[Record]], out: Path, name: str) -> Path:
     """Write ``out/swift/{name}_{split}.jsonl`` (pass them to ``swift sft --dataset``)."""
-    folder = out / "swift"
+    from medadapt.safeio import check_name, make_dir
+    check_name(name, "build name")  # never a path: it becomes NAME_<split>.jsonl
+    folder = make_dir(out / "swift")
     for split, recs in splits.items():
         if recs:
             write_jsonl(folder / f"{name}_{split}.jsonl", [_row(r) for r in recs])

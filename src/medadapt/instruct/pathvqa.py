@@ -22,6 +22,7 @@ from medadapt.errors import UserError
 from medadapt.instruct import scoring
 from medadapt.instruct.config import EvalConfig, to_dict
 from medadapt.instruct.records import BadItem, Record, iter_jsonl, validate, write_json, write_jsonl
+from medadapt.safeio import write_text
 
 NAME = "pathvqa"
 
@@ -127,6 +128,6 @@ def evaluate_pathvqa(path: str | Path, out: str | Path, cfg: EvalConfig, models:
                                              round(time.time() - t0, 2)))
     table = comparison(all_metrics)
     write_json(out / "comparison.json", table)
-    (out / "comparison.md").write_text(comparison_markdown(table))
+    write_text(out / "comparison.md", comparison_markdown(table))
     return {"n": len(records), "n_without_answer": empty, "comparison": table,
             "models": [m["model"] for m in all_metrics]}

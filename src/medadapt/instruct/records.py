@@ -138,6 +138,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
             except json.JSONDecodeError as e:
                 yield n, BadItem(f"{path}:{n}", f"malformed JSON line ({e.msg} at column {e.colno})",
                                  "malformed_json")
+            except RecursionError:
+                yield n, BadItem(f"{path}:{n}", "malformed JSON line (nested too deeply)",
+                                 "malformed_json")
 
 
 def read_records(path: str | Path, check_images: bool = True, skip_bad: bool = False,
@@ -160,24 +163,22 @@ def read_records(path: str | Path, check_images: bool = True, skip_bad: bool = F
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Write rows atomically (temp file + rename), so no half-written file is ever left."""
+    from medadapt.safeio import replacing
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:  # never through a link
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write one JSON document atomically."""
+    from medadapt.safeio import replacing
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:  # never through a link
         json.dump(obj, fh, indent=2, ensure_ascii=False)
         fh.write("\n")
-    os.replace(tmp, path)
 
 
 def split_content(content: str) -> list[dict[str, str]]:

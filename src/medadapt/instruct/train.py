@@ -57,6 +57,8 @@ def _local_or_hub(path: str) -> str:
     if p.exists():
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
             raise UserError(f"{p}: not a model folder (no config.json or adapter_config.json)")
+        from medadapt.safeio import refuse_remote_code
+        refuse_remote_code(p)  # a folder asking to import its own Python code is refused
         return str(p)
     if path.startswith((".", "/", "~")) or path.count("/") != 1:
         raise UserError(f"model not found: {path} (give a local folder or a hub id like "
@@ -68,8 +70,9 @@ def load_processor(path: str):
     from transformers import AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(_local_or_hub(path))
+        return AutoProcessor.from_pretrained(_local_or_hub(path), trust_remote_code=False)
     except (OSError, ValueError) as e:
+        _refuse_code_error(path, e)
         raise UserError(f"cannot load the processor of {path}: {str(e).splitlines()[0]}") from None
 
 
@@ -77,14 +80,24 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, quantization=None)
     """``AutoModelForImageTextToText.from_pretrained`` (hub id or folder), one-line errors."""
     from transformers import AutoModelForImageTextToText
 
-    kw: dict[str, Any] = {_dtype_kwarg(): dtype}
+    kw: dict[str, Any] = {_dtype_kwarg(): dtype, "trust_remote_code": False}
     if quantization is not None:
         kw["quantization_config"] = quantization
     try:
         return AutoModelForImageTextToText.from_pretrained(_local_or_hub(path), **kw)
     except (OSError, ValueError) as e:
+        _refuse_code_error(path, e)
         raise UserError(f"cannot load {path} as an image-text-to-text model: "
                         f"{str(e).splitlines()[0]}") from None
+
+
+def _refuse_code_error(path: str, e: Exception) -> None:
+    """transformers refused a repository with custom code (we pass trust_remote_code=False)."""
+    if "trust_remote_code" in str(e) or "custom code" in str(e):
+        raise UserError(f"{path} asks to run Python code shipped with the model (custom code, "
+                        "trust_remote_code); medadapt never runs code from model folders or the hub "
+                        "(no model it supports needs it); use a model with built-in transformers "
+                        "support") from None
 
 
 def _dtype_kwarg() -> str:
@@ -251,8 +264,8 @@ def _deepspeed(value: Any):
     if not p.is_file():
         raise UserError(f"deepspeed config not found: {p}")
     if p.suffix in (".yaml", ".yml"):
-        import yaml
-        return yaml.safe_load(p.read_text())
+        from medadapt.safeio import safe_yaml
+        return safe_yaml(p.read_text(), str(p))
     return str(p)
 
 
@@ -388,6 +401,13 @@ def train(cfg: TrainConfig, model_path: str, data: str | Path, out: str | Path,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
+    if out.is_dir():  # a planted link (final -> ~/...) would send the model files elsewhere
+        from medadapt.safeio import check_no_links
+        for e in sorted(TRAIN_OUTPUTS):
+            check_no_links(out, out / e)
+        if (out / "checkpoints").is_dir():
+            for e in (out / "checkpoints").iterdir():
+                check_no_links(out, e)
     if (out / "final").exists() and not (resume or overwrite):
         raise UserError(f"{out} already holds a trained model; pass --resume, --overwrite or another --out")
     if overwrite and not resume and out.is_dir() and any(out.iterdir()):
@@ -497,7 +517,13 @@ def load_for_inference(path: str, dtype: str = "auto", merge: bool = True):
 
     dt = resolve_dtype(dtype)
     if is_adapter(path):
-        base_id = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        from medadapt.safeio import refuse_remote_code
+        refuse_remote_code(path, "adapter folder")
+        try:
+            acfg = json.loads((Path(path) / "adapter_config.json").read_text())
+        except (ValueError, RecursionError, OSError) as e:
+            raise UserError(f"{path}/adapter_config.json: not valid JSON ({type(e).__name__})") from None
+        base_id = acfg.get("base_model_name_or_path") if isinstance(acfg, dict) else None
         if not base_id:
             raise UserError(f"{path}/adapter_config.json names no base_model_name_or_path")
         base = load_model(base_id, dt)

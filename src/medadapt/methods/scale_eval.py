@@ -326,8 +326,9 @@ def tsne_plot(panels: list[tuple[str, np.ndarray, list[str]]], path: str | Path,
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08 + 0.03 * (len(labs) // 4), 1, 1))
     path = Path(path)
+    from medadapt.safeio import save_figure  # concept names drawn literally
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)
     plt.close(fig)
     return path
 

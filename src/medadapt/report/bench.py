@@ -60,6 +60,7 @@ from medadapt.config import apply_sets, read_yaml_mapping
 from medadapt.engine.grid import (RunSpec, apply_overrides, backbone_label,  # noqa: F401
                                   budget_label, config_diff, dataset_label, slug)
 from medadapt.errors import UserError
+from medadapt.safeio import check_no_links, make_dir, write_text
 
 GRID_KEYS = {"name", "title", "description", "out", "backbones", "datasets", "methods", "shots",
              "fractions", "seeds", "protocols", "set", "recipe"}
@@ -313,10 +314,31 @@ def run_state(spec: RunSpec, folder: Path) -> tuple[str, str]:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # links below --out: refused in run_bench
+    write_text(path, json.dumps(obj, indent=1, default=str))  # a link at path: refused
+
+
+def is_bench_folder(out: Path) -> bool:
+    """A folder ``bench`` wrote: ``bench_index.json`` (a mapping with ``runs``) or ``.bench/``."""
+    if (out / ".bench").is_dir() and not (out / ".bench").is_symlink():
+        return True
+    try:
+        idx = json.loads((out / INDEX).read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(idx, dict) and isinstance(idx.get("runs"), list)
+
+
+def check_bench_out(out: Path) -> None:
+    """``--out`` / the grid's ``out:``: absent, an empty folder, or a medadapt bench folder; never
+    a folder of the user's files (its grid.yaml, bench_index.json ... would be overwritten)."""
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"bench output folder {out} is a dangling symbolic link")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"bench output folder {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_bench_folder(out):
+        raise UserError(f"bench output folder {out} holds files that are not a medadapt bench "
+                        "(no bench_index.json or .bench/); choose an empty or new folder")
 
 
 def _status_path(out: Path, rid: str) -> Path:
@@ -326,9 +348,10 @@ def _status_path(out: Path, rid: str) -> Path:
 def _read_status(out: Path, rid: str) -> dict:
     p = _status_path(out, rid)
     try:
-        return json.loads(p.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        st = json.loads(p.read_text())
+    except (OSError, ValueError, RecursionError):
         return {}
+    return st if isinstance(st, dict) else {}
 
 
 def _summary_of(folder: Path, seeds: list[int]) -> dict:
@@ -337,7 +360,7 @@ def _summary_of(folder: Path, seeds: list[int]) -> dict:
         p = seed_dir(folder, seeds, s) / "results.json"
         try:
             accs.append(json.loads(p.read_text())["metrics"]["accuracy"])
-        except (FileNotFoundError, KeyError, TypeError, json.JSONDecodeError):
+        except (OSError, KeyError, TypeError, ValueError, RecursionError):
             pass
     if not accs:
         return {}
@@ -503,6 +526,7 @@ def run_bench(runs: list[RunSpec], out: str | Path, *, grid_info: dict | None = 
     from tqdm.auto import tqdm
 
     out = Path(out)
+    check_bench_out(out)
     grid_info = dict(grid_info or {})
     if only:
         runs_sel = [r for r in runs if any(fnmatch.fnmatch(r.id, pat) or pat in r.id
@@ -537,6 +561,9 @@ def run_bench(runs: list[RunSpec], out: str | Path, *, grid_info: dict | None = 
     if on_start is not None:
         on_start()
     out.mkdir(parents=True, exist_ok=True)
+    make_dir(out / STATUS_DIR, root=out)  # .bench/status planted as a link is refused
+    for r in mine:  # so is a link anywhere inside a run folder's path (backbone/dataset/...)
+        check_no_links(out, out / r.id)
     write_index(out, runs, grid_info)
     say = (lambda msg: None) if quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))
     total = sum(len(r.seeds) for r in mine)

@@ -91,6 +91,10 @@ def _cmd_bench(args) -> int:
     out = args.out or grid.get("out") or (recipe.data.get("out") if recipe else None)
     if not out:
         raise UserError("give --out DIR (or 'out:' in the grid file)")
+    if not isinstance(out, str):
+        raise UserError(f"{grid_path or args.recipe}: 'out:' must be a folder name")
+    from medadapt.report.bench import check_bench_out
+    check_bench_out(Path(out))  # the grid's out: follows --out's rules: never a folder of yours
     validate(runs)
     shard = parse_shard(args.shard)
     info = {"grid": str(grid_path) if grid_path else None, "name": grid.get("name") or stem,
@@ -100,13 +104,12 @@ def _cmd_bench(args) -> int:
         info.update(recipe=recipe.name, backbone_override=args.backbone)
     def write_grid_copy():  # once every check has passed, before the first run
         import yaml
+        from medadapt.safeio import write_text
         Path(out).mkdir(parents=True, exist_ok=True)
-        gp = Path(out) / "grid.yaml"
-        tmp = gp.with_name(f"grid.yaml.tmp{os.getpid()}")
-        tmp.write_text(yaml.safe_dump({**grid, "cli_set": list(args.set),
-                                       **({"cli_backbone": args.backbone} if args.backbone else {})},
-                                      sort_keys=False))
-        tmp.replace(gp)
+        write_text(Path(out) / "grid.yaml",  # temp + swap; a link in the way is refused
+                   yaml.safe_dump({**grid, "cli_set": list(args.set),
+                                   **({"cli_backbone": args.backbone} if args.backbone else {})},
+                                  sort_keys=False))
     res = run_bench(runs, out, grid_info=info, only=args.only, shard=shard,
                     retry_failed=not args.skip_failed, rerun_changed=args.rerun_changed,
                     reuse_backbone=not args.no_reuse_backbone, progress=not args.quiet,

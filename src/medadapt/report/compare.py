@@ -49,6 +49,7 @@ import numpy as np
 import yaml
 
 from medadapt.errors import UserError
+from medadapt.safeio import check_name, load_yaml, make_dir, replacing, save_figure, short, write_text
 
 PUBLISHED_DIR = "published"
 TABLE_KEYS = {"name", "paper", "table", "citation", "source", "protocol", "backbone", "metric",
@@ -76,9 +77,9 @@ def load_table(name_or_path: str | Path) -> dict:
     if not p.exists():
         raise UserError(f"published table not found: {p}")
     try:
-        t = yaml.safe_load(p.read_text(encoding="utf-8"))
+        t = load_yaml(p.read_text(encoding="utf-8"))  # alias / size / depth budget
     except yaml.YAMLError as e:
-        raise UserError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{p}: invalid YAML ({short(str(e).splitlines()[0], 160)})") from None
     if not isinstance(t, dict):
         raise UserError(f"{p}: a published table is a YAML mapping")
     bad = set(t) - TABLE_KEYS
@@ -87,15 +88,20 @@ def load_table(name_or_path: str | Path) -> dict:
     for k in ("name", "paper", "citation", "protocol", "columns", "rows"):
         if not t.get(k):
             raise UserError(f"{p}: needs '{k}'")
+    check_name(t["name"], f"{p}: the table's name")  # it becomes compare_<name>.* under --out
+    if not isinstance(t["columns"], list) or not isinstance(t["rows"], list):
+        raise UserError(f"{p}: 'columns' and 'rows' must be lists")
     cols = [str(c) for c in t["columns"]]
     t["columns"] = cols
     for r in t["rows"]:
         if not isinstance(r, dict) or set(r) - ROW_KEYS or not {"row", "method", "values"} <= set(r):
-            raise UserError(f"{p}: each row is {{row, method, values[, derived]}}, got {r!r}")
+            raise UserError(f"{p}: each row is {{row, method, values[, derived]}}, got {short(r)}")
+        if not isinstance(r["values"], dict):
+            raise UserError(f"{p}: row {short(r['row'])}: 'values' must map data sets to lists")
         for ds, vals in r["values"].items():
             if not isinstance(vals, list) or len(vals) != len(cols):
-                raise UserError(f"{p}: row {r['row']!r}, data set {ds!r}: {len(cols)} values "
-                                f"expected (columns {cols}), got {vals!r}")
+                raise UserError(f"{p}: row {short(r['row'])}, data set {short(ds)}: {len(cols)} "
+                                f"values expected (columns {short(cols)}), got {short(vals)}")
     t["_path"] = str(p)
     return t
 
@@ -377,7 +383,7 @@ def _recipe_lines(res: dict) -> list[str]:
 
 def write_csv(res: dict, path: Path) -> None:
     t = res["table"]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["paper", "table", "row", "method", "dataset", "column", "paper_value",
                     "ours_mean", "ours_std", "n_seeds", "difference", "note", "citation",
@@ -419,8 +425,7 @@ def plot(res: dict, path: Path) -> Path | None:
     ax.set_title(res["table"]["name"], fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)  # names drawn literally, no write through a link
 
 
 def write_comparison(runs_dir: str | Path, tables: list[str], out: str | Path | None = None) -> dict:
@@ -430,24 +435,25 @@ def write_comparison(runs_dir: str | Path, tables: list[str], out: str | Path | 
         raise UserError(f"runs folder not found: {root}")
     if not root.is_dir():
         raise UserError(f"{root} is a file; give the folder holding the run folders")
+    planted = not out  # the default RUNS/report may come with a received runs folder
     out = Path(out) if out else root / "report"
     from medadapt.report.runs import check_report_out
     check_report_out(out)
     parts, written = [], []
     results = [compare(root, name) for name in tables]  # every table checked before writing
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out) if planted else out.mkdir(parents=True, exist_ok=True)  # a planted link: refused
     for res in results:
         key = res["table"]["name"]
         md = to_markdown(res)
         parts.append(md)
-        (out / f"compare_{key}.md").write_text(md + "\n", encoding="utf-8")
+        write_text(out / f"compare_{key}.md", md + "\n", encoding="utf-8")
         write_csv(res, out / f"compare_{key}.csv")
         js = [{"row": k[0], "dataset": k[1], "column": k[2], "paper": c.paper, "ours": c.ours,
                "std": c.std, "n_seeds": c.n_seeds, "difference": c.diff, "note": c.note,
                "off_recipe": c.off}
               for k, c in res["cells"].items()]
         rec = res.get("recipe") or {}
-        (out / f"compare_{key}.json").write_text(json.dumps(
+        write_text(out / f"compare_{key}.json", json.dumps(
             {"table": {k: v for k, v in res["table"].items() if not k.startswith("_")},
              "missing": res["missing"], "cells": js,
              "recipe": {"name": rec.get("recipe"), "runs_on": rec.get("on", 0),
@@ -457,5 +463,5 @@ def write_comparison(runs_dir: str | Path, tables: list[str], out: str | Path | 
         png = plot(res, out / f"compare_{key}.png")
         written.append({"table": key, "markdown": str(out / f"compare_{key}.md"),
                         "plot": str(png) if png else None, "result": res})
-    (out / "compare.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    write_text(out / "compare.md", "\n\n".join(parts) + "\n", encoding="utf-8")
     return {"out": str(out), "tables": written}

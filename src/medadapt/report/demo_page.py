@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medadapt.report.report import CSS, _img_b64
+from medadapt.safeio import save_figure, write_text
 
 # ------------------------------------------------------------------------------------------------
 # numbers
@@ -277,7 +278,7 @@ def fewshot_figure(rows, shots, out: Path, title: str, task="fewshot", key="valu
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     p = out / name
-    fig.savefig(p, dpi=110)
+    save_figure(fig, p, dpi=110)
     plt.close(fig)
     return p
 
@@ -300,7 +301,7 @@ def time_figure(rows, out: Path) -> Path | None:
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     p = out / "training_time.png"
-    fig.savefig(p, dpi=110)
+    save_figure(fig, p, dpi=110)
     plt.close(fig)
     return p
 
@@ -362,7 +363,7 @@ def concept_figure(ex: dict, out: Path) -> Path | None:
         ax.axis("off")
     fig.tight_layout()
     p = out / "scale_examples.png"
-    fig.savefig(p, dpi=110)
+    save_figure(fig, p, dpi=110)
     plt.close(fig)
     return p
 
@@ -446,20 +447,20 @@ def write_demo_report(out: Path, rows: list[dict], skipped: dict[str, str], meta
     """Write demo_results.json, failures.json, figures, report.md, report.html, own-data.yaml.
     Returns the on-screen table and summary lines."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # --out as the user named it
     shots = list(meta["shots"])
     failures = {r["key"]: r["error"] for r in rows if r.get("error")}
     findings = learning_findings(rows)
     concept_findings = learning_findings(rows, "concepts")
     order = {m: i for i, m in enumerate(meta.get("methods") or [])}
     rows = sorted(rows, key=lambda r: (order.get(r["method"], len(order)), r["method"], r["shots"]))
-    (out / "demo_results.json").write_text(json.dumps(
+    write_text(out / "demo_results.json", json.dumps(
         {**meta, "rows": rows, "skipped": skipped, "failures": failures, "findings": findings,
          "concept_findings": concept_findings, "concept_examples": concept_ex}, indent=1,
         default=str))
     fpath = out / "failures.json"
     if failures:
-        fpath.write_text(json.dumps(failures, indent=1))
+        write_text(fpath, json.dumps(failures, indent=1))
     elif fpath.exists():
         fpath.unlink()
     for old in out.glob("*.png"):
@@ -483,7 +484,7 @@ def write_demo_report(out: Path, rows: list[dict], skipped: dict[str, str], meta
             figs["examples"] = None
     table = fewshot_table(rows, shots)
     methods_run = list(dict.fromkeys(r["method"] for r in rows))
-    (out / "own-data.yaml").write_text(own_data_grid(meta, methods_run))
+    write_text(out / "own-data.yaml", own_data_grid(meta, methods_run))
 
     md: list[str] = []
     md += ["# medadapt demo", ""]
@@ -577,8 +578,8 @@ def write_demo_report(out: Path, rows: list[dict], skipped: dict[str, str], meta
             else:
                 md += [obj, ""]
         md.append("")
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    (out / "report.html").write_text(_html(md_title="medadapt demo", warn=warn, sections=sections,
+    write_text(out / "report.md", "\n".join(md) + "\n")
+    write_text(out / "report.html", _html(md_title="medadapt demo", warn=warn, sections=sections,
                                            intro=intro))
 
     summary = []

@@ -20,8 +20,8 @@ def _figure(w: float, h: float):
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, format="png")
-    return path
+    from medadapt.safeio import save_figure  # user text drawn literally; no write through a link
+    return save_figure(fig, path, format="png")
 
 
 def curves(runs: list[Run], out: Path) -> tuple[list[dict], list[dict]]:

@@ -39,6 +39,7 @@ from medadapt.report.figures import curves, per_class_figures
 from medadapt.report.runs import METRIC_SHORT, check_report_out, load_runs
 from medadapt.report.tables import _ordered, build_tables, seed_values, stat
 from medadapt.report.tsne import tsne_figures
+from medadapt.safeio import make_dir, write_text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,6 +62,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None,
                  tsne_max: int = 600, title: str | None = None, progress: bool = False) -> dict:
     """Write the report; returns paths and counts."""
     root = Path(runs_dir)
+    planted = not out  # the default RUNS/report may come with a received runs folder
     out = Path(out) if out else root / "report"
     metrics = list(metrics or ["accuracy", "macro_f1"])
     bad = [m for m in metrics if m not in METRIC_SHORT]
@@ -70,11 +72,12 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None,
     if not runs:
         raise UserError(f"no finished run folders (config.yaml + results.json) under {root}")
     check_report_out(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out) if planted else out.mkdir(parents=True, exist_ok=True)  # a planted link: refused
     try:  # a fresh report: no figures left over from the earlier one (only the ones it listed)
         earlier = json.loads((out / "report.json").read_text()).get("figures") or []
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         earlier = []
+    earlier = earlier if isinstance(earlier, list) else []
     for f in earlier:
         name = f.get("path") if isinstance(f, dict) else None
         if isinstance(name, str) and name.endswith(".png") and "/" not in name and "\\" not in name:
@@ -83,15 +86,18 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None,
     if (root / INDEX).exists():
         try:
             info = json.loads((root / INDEX).read_text())
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError, OSError):
             info = {}
-    title = title or info.get("title") or info.get("name") or root.resolve().name
+        info = info if isinstance(info, dict) else {}
+    title = str(title or info.get("title") or info.get("name") or root.resolve().name)[:200]
     failures = []
     if (root / FAILURES).exists():
         try:
             failures = json.loads((root / FAILURES).read_text())
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError, OSError):
             pass
+        failures = [f for f in failures if isinstance(f, dict) and "id" in f] \
+            if isinstance(failures, list) else []
 
     tables = build_tables(runs, metrics)
     figs, curve_data = curves(runs, out)
@@ -151,7 +157,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None,
     if notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md) + "\n")
+    write_text(md_path, "\n".join(md) + "\n")
 
     # ---- HTML (self-contained)
     h = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -184,7 +190,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None,
     h.append("</tbody></table>")
     if failures:
         h.append("<h2>Failed runs</h2><ul>" + "".join(
-            f"<li><code>{html.escape(f['id'])}</code> ({html.escape(str(f.get('status')))}): "
+            f"<li><code>{html.escape(str(f['id']))}</code> ({html.escape(str(f.get('status')))}): "
             f"{html.escape(str(f.get('error_type') or ''))} {html.escape(str(f.get('error')))}</li>"
             for f in failures) + "</ul>")
     if notes:
@@ -192,7 +198,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None,
                  + "</ul>")
     h.append("</body></html>")
     html_path = out / "report.html"
-    html_path.write_text("".join(h))
+    write_text(html_path, "".join(h))
 
     summary = {"title": title, "runs_dir": str(root), "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
                "metrics": metrics, "tables": [t.to_json() for t in tables], "curves": curve_data,
@@ -203,7 +209,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None,
                          "shots": r.shots, "fraction": r.fraction,
                          "seeds": [x.get("seed") for x in r.results]} for r in runs],
                "failures": failures, "notes": notes}
-    (out / "report.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_text(out / "report.json", json.dumps(summary, indent=1, default=str))
     return {"out": str(out), "html": str(html_path), "markdown": str(md_path),
             "json": str(out / "report.json"), "n_runs": len(runs), "n_tables": len(tables),
             "n_figures": len(figs), "notes": notes}

@@ -12,6 +12,7 @@ import yaml
 from medadapt.errors import UserError
 from medadapt.engine.grid import backbone_label, dataset_label
 from medadapt.report.bench import INDEX
+from medadapt.safeio import load_yaml, short
 
 
 METRIC_SHORT = {"accuracy": "Acc", "balanced_accuracy": "BAcc", "macro_f1": "F1", "auc": "AUC"}
@@ -73,6 +74,18 @@ def check_report_out(out: Path) -> None:
                         "or new folder")
 
 
+def _valid_result(r) -> bool:
+    """A results.json a report can tabulate (a hostile or damaged one is skipped with a note)."""
+    num = (int, float)
+    return isinstance(r, dict) and isinstance(r.get("metrics"), (dict, type(None))) and \
+        all(isinstance(r.get(k), (*num, type(None))) and not isinstance(r.get(k), bool)
+            for k in ("shots", "fraction", "seed", "base", "novel", "hm")) and \
+        all(isinstance(r.get(k), (str, type(None))) for k in ("method", "backbone", "dataset",
+                                                               "protocol")) and \
+        all(isinstance(v, (*num, list, dict, str, type(None)))
+            for v in (r.get("metrics") or {}).values())
+
+
 def load_runs(root: str | Path, exclude: Path | None = None) -> tuple[list[Run], list[str]]:
     """Every run folder (``config.yaml`` + at least one ``results.json``) under ``root``."""
     root = Path(root)
@@ -87,7 +100,7 @@ def load_runs(root: str | Path, exclude: Path | None = None) -> tuple[list[Run],
         try:
             for i, e in enumerate(json.loads(idx_path.read_text()).get("runs", [])):
                 order.setdefault(e["folder"], i)
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             pass
     runs: list[Run] = []
     ex = exclude.resolve() if exclude else None
@@ -101,8 +114,10 @@ def load_runs(root: str | Path, exclude: Path | None = None) -> tuple[list[Run],
             sdirs = sorted((d for d in folder.glob("seed*") if (d / "results.json").exists()),
                            key=_seed_of)
         try:
-            cfg = yaml.safe_load(cfg_path.read_text()) or {}
-        except yaml.YAMLError:
+            cfg = load_yaml(cfg_path.read_text()) or {}  # alias / size / depth budget
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            cfg = None
+        if not isinstance(cfg, dict):
             notes.append(f"{folder}: unreadable config.yaml, skipped")
             continue
         if not sdirs:
@@ -111,8 +126,12 @@ def load_runs(root: str | Path, exclude: Path | None = None) -> tuple[list[Run],
         results = []
         for d in sdirs:
             try:
-                results.append(json.loads((d / "results.json").read_text()))
-            except json.JSONDecodeError:
+                res = json.loads((d / "results.json").read_text())
+            except (ValueError, RecursionError, OSError):
+                res = None
+            if _valid_result(res):
+                results.append(res)
+            else:
                 notes.append(f"{d}: unreadable results.json, skipped")
         if not results:
             continue
@@ -121,9 +140,16 @@ def load_runs(root: str | Path, exclude: Path | None = None) -> tuple[list[Run],
         if (folder / "bench.json").exists():
             try:
                 bench = json.loads((folder / "bench.json").read_text())
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError, OSError):
                 bench = {}
-        method = r0.get("method") or (cfg.get("method") or {}).get("name", "?")
+            bench = {k: v for k, v in bench.items() if isinstance(v, str)} \
+                if isinstance(bench, dict) else {}
+        protocol = r0.get("protocol") or cfg.get("protocol", "few-shot")
+        if protocol not in PROTOCOL_TITLE:
+            notes.append(f"{folder}: unknown protocol {short(protocol, 60)} in results.json, skipped")
+            continue
+        method = r0.get("method") or (cfg.get("method") if isinstance(cfg.get("method"), str) else
+                                      (cfg.get("method") or {}).get("name", "?"))
         rel = str(folder.relative_to(root)) if folder != root else folder.name
         expected = list(cfg.get("seeds") or [r.get("seed") for r in results])
         if len(results) < len(expected):
@@ -133,7 +159,7 @@ def load_runs(root: str | Path, exclude: Path | None = None) -> tuple[list[Run],
             folder=folder, rel=rel, cfg=cfg, label=bench.get("method") or method, method=method,
             backbone=bench.get("backbone") or backbone_label(str(r0.get("backbone") or cfg.get("backbone"))),
             dataset=bench.get("dataset") or dataset_label(str(r0.get("dataset") or cfg.get("dataset"))),
-            protocol=r0.get("protocol") or cfg.get("protocol", "few-shot"),
+            protocol=protocol,
             shots=r0.get("shots"), fraction=r0.get("fraction"), results=results,
             seed_dirs=sdirs, expected_seeds=expected, labelled=bool(bench)))
     _disambiguate(runs, notes)

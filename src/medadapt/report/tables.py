@@ -137,7 +137,8 @@ class Table:
                 "marks": {f"{r} | {self.header_names()[j]}": m for (r, j), m in self.marks().items()}}
 
     def write_csv(self, path: Path) -> None:
-        with open(path, "w", newline="") as fh:
+        from medadapt.safeio import replacing  # a link in the way is refused, never followed
+        with replacing(path) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["method"] + [f"{c} {k}" for c in self.header_names() for k in ("mean", "std", "n")])
             for r in self.rows:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medadapt.errors import UserError
 from medadapt.helpfmt import HelpFormatter
+from medadapt.safeio import make_dir, replacing, write_text
 
 PRETRAIN_HELP = """\
 Train synthpath-clip: a small transformers CLIPModel (ViT image tower, 4-layer text transformer,
@@ -101,7 +102,7 @@ def cmd_pretrain(args) -> int:
         from medadapt.backbones import load_backbone
         from medadapt.synth.pretrain import sanity
         res = sanity(load_backbone(str(out)))
-        (out / "sanity.json").write_text(json.dumps(res, indent=1))
+        write_text(out / "sanity.json", json.dumps(res, indent=1))
         print(f"sanity on synth-crc test ({res['n_test']} tiles, chance {res['chance']:.1%}): "
               f"zero-shot names {res['zero_shot_names']:.1%}, descriptions "
               f"{res['zero_shot_descriptions']:.1%}, 16-shot linear probe "
@@ -154,8 +155,9 @@ def cmd_generate(args) -> int:
                 r = ds.records[i]
                 img = ds.load_image(i)
                 p = out / _safe(ds.classnames[c]) / (_safe(r.id.replace("/", "_")) + ".png")
-                p.parent.mkdir(parents=True, exist_ok=True)
-                img.save(p)
+                make_dir(p.parent)
+                with replacing(p) as tmp:
+                    img.save(tmp, format="PNG")
                 tiles.append(np.asarray(img))
                 info.append({"file": str(p.relative_to(out)), "id": r.id,
                              "class": ds.classnames[c], "domain": r.domain,
@@ -180,15 +182,17 @@ def cmd_generate(args) -> int:
                      if name in MALIGNANCY_CLASSES else BY_NAME[name].sample(rng))
             t = render_tile(attrs, args.seed + k, args.size, args.domain)
             p = out / _safe(name) / f"{args.domain}_{args.seed + k:05d}.png"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(t).save(p)
+            make_dir(p.parent)
+            with replacing(p) as tmp:
+                Image.fromarray(t).save(tmp, format="PNG")
             tiles.append(t)
             info.append({"file": str(p.relative_to(out)), "class": name, "domain": args.domain,
                          "seed": args.seed + k, "attrs": attrs})
             written += 1
     if not tiles:
         raise UserError(f"synth generate: nothing to write (no {args.split} items)")
-    Image.fromarray(_grid(tiles)).save(out / "grid.png")
-    (out / "tiles.json").write_text(json.dumps(info, indent=1))
+    with replacing(out / "grid.png") as tmp:
+        Image.fromarray(_grid(tiles)).save(tmp, format="PNG")
+    write_text(out / "tiles.json", json.dumps(info, indent=1))
     print(f"wrote {written} tiles to {out} (contact sheet: {out / 'grid.png'})")
     return 0

@@ -78,7 +78,8 @@ class PretrainConfig:
         if not p.exists():
             raise UserError(f"pretrain config not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            from medadapt.safeio import load_yaml  # alias / size / depth budget
+            data = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise UserError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
         return cls.from_dict(data.get("pretrain", data))
@@ -257,7 +258,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict:
                "cpu_time_s": {"trainer": round(cpu, 1), "data_workers": round(cpu_workers, 1)},
                "load_average_at_end": load, "curve": curve, "machine": machine_description(),
                "transformers": transformers.__version__}
-    (out / "training.json").write_text(json.dumps(summary, indent=1))
+    from medadapt.safeio import write_text  # temp + swap: a link in the way is refused
+    write_text(out / "training.json", json.dumps(summary, indent=1))
     log(f"synth pretrain: done in {wall / 60:.1f} min; saved to {out}")
     return summary
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from medadapt.data.catalog import DATASETS, DatasetInfo
 from medadapt.data.dataset import DataSet, Record
-from medadapt.data.sets._common import SEARCH_DEPTH, _check_options, _FileLoader, _find_dir, _root
+from medadapt.data.sets._common import SEARCH_DEPTH, _check_options, _FileLoader, _find_dir, _inside, _root
 from medadapt.errors import UserError
 
 BIOMEDCOOP_COMMIT = "7ceb5a8"  # HealthX-Lab/BiomedCoOp, folder data/ (the split files)
@@ -228,6 +228,8 @@ def read_split_file(path: str | Path, name: str = "split file") -> dict[str, lis
         data = json.loads(_split_bytes(p).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{p}: not a JSON split file ({e})") from None
+    except RecursionError:
+        raise UserError(f"{p}: not a JSON split file (nested too deeply)") from None
     if not isinstance(data, dict) or not {"train", "test"} <= set(data):
         raise UserError(f"{p}: a split file maps 'train', 'val', 'test' to lists of "
                         f"[path, label, class name]; found keys {sorted(data) if isinstance(data, dict) else type(data).__name__}")
@@ -248,9 +250,7 @@ def read_split_file(path: str | Path, name: str = "split file") -> dict[str, lis
                 raise UserError(f"{p}: {split}[{i}] must be [relative path, label, class name], "
                                 f"got {it!r}")
             rel, y, cname = it
-            if rel.startswith("/") or ".." in Path(rel).parts:
-                raise UserError(f"{p}: {split}[{i}]: path must be relative, inside the data set: "
-                                f"{rel!r}")
+            _inside(p.parent, rel, f"{p}: {split}[{i}]")  # the rule every reader shares
             if name_of.setdefault(y, cname) != cname:
                 raise UserError(f"{p}: label {y} is named both {name_of[y]!r} and {cname!r}")
             rows.append((rel, y, cname))
