@@ -138,3 +138,18 @@ def test_tracker_errors_are_one_line(data, tmp_path, capsys):
             assert err == ["medadapt: error: --log mlflow needs the mlflow package: pip install "
                            "'medadapt[mlflow]'"]
             assert not (tmp_path / "b").exists()
+
+
+def test_tensorboard_folder_planted_as_a_link_is_refused(tmp_path):
+    """A run folder received from someone else may hold ``tensorboard`` as a link elsewhere: the
+    event files are never written through it (issue 21)."""
+    from medadapt.engine.trackers import TensorBoardTracker
+    from medadapt.errors import UserError
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tensorboard").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UserError, match="link"):
+        TensorBoardTracker(run / "tensorboard" / "seed1", "run")
+    assert list(elsewhere.iterdir()) == []

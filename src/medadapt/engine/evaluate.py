@@ -221,11 +221,14 @@ def evaluate_run(run: str | Path, dataset: str | DataSet | None = None, progress
 
 def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, memo: dict) -> dict:
     within = None
-    if not dataset:  # the run's own data set: its classes bound the run's, checked before building
+    if dataset is None:  # the run's own data set: its classes bound the run's, checked before building
         try:
             cfg0 = load_yaml(run / "config.yaml")
         except UserError:
             cfg0 = {}
+        if isinstance(cfg0.get("dataset"), str) and cfg0["dataset"].startswith(MEMORY_PREFIX):
+            raise UserError(f"{run} was fitted on an in-memory data set ({cfg0['dataset']}); pass "
+                            "the data set to evaluate on (Run.evaluate(dataset), or --dataset SPEC)")
         if isinstance(cfg0.get("dataset"), str):
             if cfg0["dataset"] not in memo:
                 memo[cfg0["dataset"]] = load_dataset(cfg0["dataset"], **dataset_options(cfg0))
