@@ -41,26 +41,13 @@ def main(argv=None) -> int:
 
     from medadapt.backbones import load_backbone, replicas
     from medadapt.backbones.conch import PUBLISHED_CONFIG, CoCa, config_from_state_dict, read_state_dict
-    from medadapt.backbones.openclip import text_config_folder
-    from medadapt.backbones.tiny import BIOMEDBERT, IMAGE_MEAN, IMAGE_STD, write_wordpiece_tokenizer
     report = {}
 
     # --- BiomedCLIP, full size ---
     t0 = time.time()
     bm = root / "biomedclip"
     bm.mkdir()
-    write_wordpiece_tokenizer(bm, max_length=256)
-    model_cfg = {"embed_dim": 512,
-                 "vision_cfg": {"timm_model_name": "vit_base_patch16_224",
-                                "timm_model_pretrained": False, "timm_pool": "",
-                                "timm_proj": "linear", "image_size": 224},
-                 "text_cfg": {"hf_model_name": BIOMEDBERT, "hf_tokenizer_name": BIOMEDBERT,
-                              "hf_proj_type": "mlp",
-                              "hf_pooler_type": "cls_last_hidden_state_pooler",
-                              "context_length": 256}}
-    replicas._save_open_clip(bm, model_cfg, {"mean": IMAGE_MEAN, "std": IMAGE_STD}, 0,
-                             {"hf_model_name": text_config_folder(BIOMEDBERT),
-                              "hf_model_pretrained": False})
+    replicas.biomedclip(bm, full=True)  # the published sizes, random weights
     replicas.hub_cache_layout(root / "hub", "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", bm)
     for route, spec in (("folder", str(bm)), ("alias", "biomedclip")):
         bb = load_backbone(spec)

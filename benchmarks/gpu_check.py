@@ -169,28 +169,15 @@ def standin_data(root: Path, n_train: int = 16, n_val: int = 4, n_test: int = 8,
 
 def build_biomedclip(folder: Path, full: bool) -> str:
     """BiomedCLIP's published ``open_clip_config.json`` (timm ViT-B/16 + BiomedBERT, context 256,
-    embed 512) with random weights; ``full=False``: medadapt.backbones.replicas.biomedclip."""
+    embed 512) with random weights: medadapt.backbones.replicas.biomedclip (reduced unless
+    ``full``)."""
     from medadapt.backbones import replicas
-    from medadapt.backbones.openclip import TEXT_TOWER_CONFIG, text_config_folder
-    from medadapt.backbones.tiny import BIOMEDBERT, IMAGE_MEAN, IMAGE_STD, write_wordpiece_tokenizer
+    from medadapt.backbones.openclip import TEXT_TOWER_CONFIG
     folder.mkdir(parents=True, exist_ok=True)
-    if not full:
-        out, text_cfgs = replicas.biomedclip(folder)
+    out, text_cfgs = replicas.biomedclip(folder, full=full)
+    if text_cfgs:
         (out / TEXT_TOWER_CONFIG).write_text(json.dumps(text_cfgs))
-        return str(out)
-    write_wordpiece_tokenizer(folder, max_length=256)
-    model_cfg = {"embed_dim": 512,
-                 "vision_cfg": {"timm_model_name": "vit_base_patch16_224",
-                                "timm_model_pretrained": False, "timm_pool": "",
-                                "timm_proj": "linear", "image_size": 224},
-                 "text_cfg": {"hf_model_name": BIOMEDBERT, "hf_tokenizer_name": BIOMEDBERT,
-                              "hf_proj_type": "mlp",
-                              "hf_pooler_type": "cls_last_hidden_state_pooler",
-                              "context_length": 256}}
-    replicas._save_open_clip(folder, model_cfg, {"mean": IMAGE_MEAN, "std": IMAGE_STD}, 0,
-                             {"hf_model_name": text_config_folder(BIOMEDBERT),
-                              "hf_model_pretrained": False})
-    return str(folder)
+    return str(out)
 
 
 def build_plip(folder: Path, full: bool) -> str:

@@ -126,28 +126,31 @@ def biomedclip_text_config(vocab_size: int) -> dict:
                       initializer_range=0.3).to_dict()
 
 
-def biomedclip(folder: Path, seed: int = 0) -> tuple[Path, dict]:
+def biomedclip(folder: Path, seed: int = 0, full: bool = False) -> tuple[Path, dict]:
     """microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224: its published
-    ``open_clip_config.json`` with the real ``hf_model_name`` (the vision tower is timm's
-    ``vit_tiny_patch16_224``: ViT/16 at 224, same class, smaller). Returns the folder and
-    ``{BIOMEDBERT: reduced BERT config}`` to supply through ``$MEDADAPT_HF_TEXT_CONFIGS``."""
+    ``open_clip_config.json`` with the real ``hf_model_name``. Reduced (default): the vision tower
+    is timm's ``vit_tiny_patch16_224`` (ViT/16 at 224, same class, smaller) and the text tower a
+    2-layer BERT; returns the folder and ``{BIOMEDBERT: reduced BERT config}`` to supply through
+    ``$MEDADAPT_HF_TEXT_CONFIGS``. ``full``: the published sizes (ViT-B/16 + the carried
+    PubMedBERT-base config), random weights; the second value is then empty."""
     from medadapt.backbones.openclip import text_config_folder
     folder = Path(folder)
     tok = write_wordpiece_tokenizer(folder, max_length=256)
     assert [tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id,
             tok.mask_token_id] == [0, 1, 2, 3, 4]  # PubMedBERT's vocab.txt order
-    text_cfgs = {BIOMEDBERT: biomedclip_text_config(len(tok))}
+    text_cfgs = {} if full else {BIOMEDBERT: biomedclip_text_config(len(tok))}
     model_cfg = {
         "embed_dim": 512,
-        "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
-                       "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+        "vision_cfg": {"timm_model_name": "vit_base_patch16_224" if full else "vit_tiny_patch16_224",
+                       "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear",
+                       "image_size": 224},
         "text_cfg": {"hf_model_name": BIOMEDBERT, "hf_tokenizer_name": BIOMEDBERT,
                      "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
                      "context_length": 256},
     }
+    text_folder = text_config_folder(BIOMEDBERT) if full else text_config_folder(BIOMEDBERT, text_cfgs)
     _save_open_clip(folder, model_cfg, {"mean": IMAGE_MEAN, "std": IMAGE_STD}, seed,
-                    {"hf_model_name": text_config_folder(BIOMEDBERT, text_cfgs),
-                     "hf_model_pretrained": False})
+                    {"hf_model_name": text_folder, "hf_model_pretrained": False})
     return folder, text_cfgs
 
 

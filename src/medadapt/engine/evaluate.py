@@ -18,7 +18,7 @@ from medadapt.data.fewshot import base_novel_split
 from medadapt.data.sources import load_dataset
 from medadapt.data.texts import ClassTexts
 from medadapt.engine.features import FeatureCache
-from medadapt.engine.resolve import class_texts_for
+from medadapt.engine.resolve import class_texts_for, split_backbone_prefix
 from medadapt.engine.rundir import pick_device, set_seed
 from medadapt.engine.train import Engine, Split
 from medadapt.errors import UserError
@@ -60,13 +60,7 @@ def backbone_of_run(run: Path, spec: str) -> str:
     from medadapt.backbones import BACKBONES
     if not isinstance(spec, str) or spec in BACKBONES:
         return spec
-    prefix = ""
-    for p in ("open_clip:", "hf:", "conch:", "pmc_clip:"):
-        if spec.startswith(p):
-            prefix, spec = p, spec[len(p):]
-            break
-    if spec.startswith("local-dir:"):
-        prefix, spec = prefix + "local-dir:", spec[len("local-dir:"):]
+    prefix, spec = split_backbone_prefix(spec)
     if spec.startswith(("hf-hub:", "hf-dataset:")) or "@" in spec or not spec \
             or os.path.isabs(os.path.expanduser(spec)):
         return prefix + spec

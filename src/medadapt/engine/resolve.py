@@ -48,6 +48,19 @@ def resolve(cfg: dict) -> dict:
     return cfg
 
 
+def split_backbone_prefix(spec: str) -> tuple[str, str]:
+    """``("open_clip:local-dir:", "path")`` from ``open_clip:local-dir:path``: the loader prefixes
+    of a backbone spec and the rest (a folder, a hub id or a name)."""
+    prefix = ""
+    for p in ("open_clip:", "hf:", "conch:", "pmc_clip:"):
+        if spec.startswith(p):
+            prefix, spec = p, spec[len(p):]
+            break
+    if spec.startswith("local-dir:"):
+        prefix, spec = prefix + "local-dir:", spec[len("local-dir:"):]
+    return prefix, spec
+
+
 def absolute_backbone(spec: str) -> str:
     """A backbone folder given relative to the working directory, made absolute: the run folder's
     config.yaml then names it unambiguously (``eval`` reads relative paths in a run folder
@@ -57,13 +70,7 @@ def absolute_backbone(spec: str) -> str:
     from medadapt.backbones import BACKBONES
     if spec in BACKBONES:
         return spec
-    prefix = ""
-    for p in ("open_clip:", "hf:", "conch:", "pmc_clip:"):
-        if spec.startswith(p):
-            prefix, spec = p, spec[len(p):]
-            break
-    if spec.startswith("local-dir:"):
-        prefix, spec = prefix + "local-dir:", spec[len("local-dir:"):]
+    prefix, spec = split_backbone_prefix(spec)
     if spec and not os.path.isabs(spec) and not spec.startswith("~") and os.path.isdir(spec):
         return prefix + os.path.abspath(spec)
     return prefix + spec
