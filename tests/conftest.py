@@ -36,3 +36,18 @@ def crc_folder(shared_data) -> Path:
 def run_cli(*args: str) -> int:
     from medadapt.cli import main
     return main([str(a) for a in args])
+
+
+def colour_tiles(root: Path, n: int = 18, seed: int = 0) -> Path:
+    """A tiny ``folder:`` data set: n 32x32 PNG tiles of three classes (tumor / stroma / mucus),
+    each class brighter in its own colour channel, so a method can learn it in a few steps."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        c = ["tumor", "stroma", "mucus"][i % 3]
+        a = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+        a[..., i % 3] += 150
+        (root / c).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(root / c / f"{i}.png")
+    return root

@@ -9,30 +9,18 @@ import socket
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 import medadapt
-from conftest import run_cli
+from conftest import colour_tiles, run_cli
 from medadapt.errors import UserError
 
 SHA = "1234567890abcdef1234567890abcdef12345678"
 
 
-def tiles(root, n=18, seed=0):
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        c = ["tumor", "stroma", "mucus"][i % 3]
-        a = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
-        a[..., i % 3] += 150
-        (root / c).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a).save(root / c / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
-    data = tiles(root / "private" / "tiles")
+    data = colour_tiles(root / "private" / "tiles")
     run = medadapt.fit(backbone="tiny-hf-clip", dataset=f"folder:{data}", method="coop", shots=2,
                        seeds=[1, 2], out=root / "run", settings={"train.epochs": 1,
                                                                  "data.augment_views": 0,

@@ -10,21 +10,9 @@ import types
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
-from conftest import run_cli
+from conftest import colour_tiles, run_cli
 from medadapt.engine.train import dassl_lr
-
-
-def tiles(root, n=18):
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        c = ["tumor", "stroma", "mucus"][i % 3]
-        a = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
-        a[..., i % 3] += 150
-        (root / c).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a).save(root / c / f"{i}.png")
-    return root
 
 
 def scalars(logdir):
@@ -36,7 +24,7 @@ def scalars(logdir):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return tiles(tmp_path_factory.mktemp("trk") / "tiles")
+    return colour_tiles(tmp_path_factory.mktemp("trk") / "tiles")
 
 
 FIT = ("--backbone", "tiny-hf-clip", "--method", "coop", "--shots", "2", "--quiet",
