@@ -170,6 +170,12 @@ def test_feature_extraction_bf16(world, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
     assert default_batch_size("cpu") == DEFAULT_BATCH["cpu"] == 8
     assert default_batch_size(torch.device("cuda", 0)) == DEFAULT_BATCH["cuda"]
+    # a small model on a CPU keeps a large batch (its per-batch overhead dominates); on CUDA the
+    # model's size does not matter
+    from medadapt.engine.features import SMALL_MODEL, SMALL_MODEL_CPU_BATCH
+    assert sum(p.numel() for p in bb.parameters()) < SMALL_MODEL
+    assert default_batch_size("cpu", bb) == SMALL_MODEL_CPU_BATCH == 64
+    assert default_batch_size("cuda", bb) == DEFAULT_BATCH["cuda"]
 
 
 def test_open_clip_sequence_first_is_the_same_math():

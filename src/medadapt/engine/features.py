@@ -44,18 +44,28 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-# Feature-extraction batch by device (``data.batch_size: null``, the default). CPU: 8. A batch
-# brings a CPU nothing to amortise, and a larger one spills the caches: full-size ViT-B/16 at
-# 224 px, one thread, process CPU time per image 0.415 s at batch 8, 0.456 at 16, 0.469 at 32,
-# 0.483 at 64 (benchmarks/feature_batch.py, benchmarks/results/feature_batch_cpu.json; the issue
-# measured 0.26 s at 64 vs 0.17 s at 32 with two threads). CUDA and other accelerators: 128, to
-# fill the device (benchmarks/gpu_check.py records the forward images/s at 32-256; not yet run).
+# Feature-extraction batch by device (``data.batch_size: null``, the default). CPU: 8 for a
+# full-size model. A batch brings a CPU nothing to amortise, and a larger one spills the caches:
+# full-size ViT-B/16 at 224 px, process CPU time per image 0.415 s at batch 8, 0.456 at 16, 0.469
+# at 32, 0.483 at 64 with one thread (benchmarks/results/feature_batch_cpu.json); wall time with
+# torch's two threads on an idle machine 0.226 s at 8, 0.247 at 32, 0.249 at 64
+# (benchmarks/results/feature_batch_cpu_2threads.json). A small model (under SMALL_MODEL
+# parameters, e.g. synthpath-clip's 1.8M) is the other way round, its per-batch overhead dominates:
+# 0.71 ms per image at batch 8 against 0.43 ms at 64, so it keeps 64. CUDA and other accelerators:
+# 128, to fill the device (benchmarks/gpu_check.py records the forward images/s at 32-256).
 DEFAULT_BATCH = {"cpu": 8, "cuda": 128}
+SMALL_MODEL = 20_000_000
+SMALL_MODEL_CPU_BATCH = 64
 
 
-def default_batch_size(device) -> int:
-    """The feature-extraction batch size for ``device`` when ``data.batch_size`` is null."""
+def default_batch_size(device, backbone=None) -> int:
+    """The feature-extraction batch size for ``device`` (and ``backbone``, whose size matters on
+    a CPU) when ``data.batch_size`` is null."""
     kind = torch.device(device).type
+    if kind == "cpu" and backbone is not None:
+        n = sum(p.numel() for p in backbone.parameters())
+        if n < SMALL_MODEL:
+            return SMALL_MODEL_CPU_BATCH
     return DEFAULT_BATCH.get(kind, DEFAULT_BATCH["cuda"])
 
 
@@ -197,7 +207,7 @@ class FeatureCache:
         if missing:
             t = backbone.train_preprocess if view > 0 or fresh is not None else backbone.preprocess
             dev = backbone.device
-            batch_size = int(batch_size or default_batch_size(dev))
+            batch_size = int(batch_size or default_batch_size(dev, backbone))
             loader = torch.utils.data.DataLoader(
                 _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad, fresh),
                 batch_size=batch_size,
@@ -249,7 +259,7 @@ class FeatureCache:
             dev = backbone.device
             loader = torch.utils.data.DataLoader(
                 _PassDS(ds, idx, backbone.train_preprocess, seed, todo),
-                batch_size=int(batch_size or default_batch_size(dev)),
+                batch_size=int(batch_size or default_batch_size(dev, backbone)),
                 num_workers=workers, pin_memory=dev.type == "cuda")
             dtype = autocast_dtype(self.precision, dev.type)
             with torch.random.fork_rng(devices=[]), torch.inference_mode(), \
