@@ -89,22 +89,24 @@ def sample_fewshot(ds: DataSet, shots: int, seed: int, classes: Sequence[int] | 
     return {"seed": seed, "shots": shots, "train": train, "val": val}
 
 
-def _by_label(ds: DataSet, idx: list[int]) -> dict[int, list[int]]:
-    """Dassl ``split_dataset_by_label``: groups in order of first appearance, items in order."""
-    out: dict[int, list[int]] = {}
-    for i in idx:
-        out.setdefault(ds.records[i].label, []).append(i)
+def _draw_per_group(items: list, group_of: Callable, k: int, rng: random.Random) -> list:
+    """Dassl ``generate_fewshot_dataset(items, num_shots=k)`` (``repeat=False``): the items grouped
+    as ``split_dataset_by_label`` does (groups in order of first appearance, items in order), then
+    ``rng.sample(group, k)`` per group (the whole group when it has fewer than ``k``)."""
+    if k < 1:
+        return list(items)
+    groups: dict = {}
+    for i in items:
+        groups.setdefault(group_of(i), []).append(i)
+    out: list = []
+    for group in groups.values():
+        out += rng.sample(group, k) if len(group) >= k else group
     return out
 
 
 def _dassl_draw(ds: DataSet, idx: list[int], k: int, rng: random.Random) -> list[int]:
-    """Dassl ``generate_fewshot_dataset(items, num_shots=k)`` on one list (``repeat=False``)."""
-    if k < 1:
-        return list(idx)
-    out: list[int] = []
-    for items in _by_label(ds, idx).values():
-        out += rng.sample(items, k) if len(items) >= k else items
-    return out
+    """Dassl's draw on record indices, grouped by their label."""
+    return _draw_per_group(idx, lambda i: ds.records[i].label, k, rng)
 
 
 def dassl_fewshot(ds: DataSet, shots: int, seed: int, classes: Sequence[int] | None = None,
@@ -169,15 +171,7 @@ def dassl_task_order(fs: dict, task_seed: int, shots: int) -> dict:
              for i in lst}
 
     def redraw(ids: list[str]) -> list[str]:
-        if shots < 1:
-            return list(ids)
-        groups: dict[str, list[str]] = {}
-        for i in ids:
-            groups.setdefault(label[i], []).append(i)
-        out: list[str] = []
-        for items in groups.values():
-            out += rng.sample(items, shots) if len(items) >= shots else items
-        return out
+        return _draw_per_group(ids, label.__getitem__, shots, rng)
 
     out = dict(fs)
     out["train_order"] = redraw(list(fs["train_order"]))
@@ -189,13 +183,7 @@ def fewshot_indices(ds: DataSet, fs: dict, part: str) -> list[int]:
     """Record indices of ``fs[part]`` (``train`` / ``val``), in the sampler's order when the file
     keeps one (``train_order`` / ``val_order``), else class by class."""
     order = fs.get(f"{part}_order")
-    if order is not None:
-        index = ds.id_index()
-        bad = [i for i in order if i not in index]
-        if bad:
-            raise UserError(f"fewshot.json names an item not in the data set: {bad[0]!r}")
-        return [index[i] for i in order]
-    return ids_to_indices(ds, fs.get(part, {}))
+    return ids_to_indices(ds, {part: order} if order is not None else fs.get(part, {}))
 
 
 def fraction_subset(ds: DataSet, fraction: float, seed: int) -> dict:
