@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -79,10 +78,8 @@ def _fresh_tag(fresh: tuple[int, int]) -> str:
 
 
 class _ImageDS(torch.utils.data.Dataset):
-    def __init__(self, ds: DataSet, idx: Sequence[int], transform, view: int, skip_bad: bool,
-                 fresh: tuple[int, int] | None = None):
+    def __init__(self, ds: DataSet, idx: Sequence[int], transform, view: int, skip_bad: bool):
         self.ds, self.idx, self.t, self.view, self.skip_bad = ds, list(idx), transform, view, skip_bad
-        self.fresh = fresh
 
     def __len__(self):
         return len(self.idx)
@@ -95,14 +92,6 @@ class _ImageDS(torch.utils.data.Dataset):
             if not self.skip_bad:
                 raise
             return None, j
-        if self.fresh is not None:
-            # a fresh pass: crop / flip from a generator of (item, run seed, pass) only, so the
-            # pass is the same in every method, batch order and worker (the CPU generator alone:
-            # torch.manual_seed also seeds every accelerator, 100x slower; encode() restores the
-            # caller's RNG afterwards)
-            torch.default_generator.manual_seed(_seed_for(self.ds.records[i].id,
-                                                          _fresh_tag(self.fresh)))
-            return self.t(img), j
         if self.view > 0:  # seeded augmentation: the same view of an item is identical everywhere
             torch.manual_seed(_seed_for(self.ds.records[i].id, self.view))
         return self.t(img), j
@@ -125,7 +114,9 @@ class _PassDS(torch.utils.data.Dataset):
         j, p = self.todo[n]
         if self._last is None or self._last[0] != j:
             self._last = (j, self.ds.load_image(self.idx[j]))
-        # as _ImageDS: the CPU generator of (item, seed, pass); encode_passes restores the RNG
+        # crop / flip from a generator of (item, run seed, pass) only, so the pass is the same
+        # in every method, batch order and worker (the CPU generator alone: torch.manual_seed also
+        # seeds every accelerator, 100x slower); encode_passes restores the caller's RNG
         torch.default_generator.manual_seed(_seed_for(self.ds.records[self.idx[j]].id,
                                                       _fresh_tag((self.seed, p))))
         return self.t(self._last[1]), n
@@ -196,7 +187,12 @@ class FeatureCache:
         (unreadable images, only with ``skip_bad``). ``batch_size`` None: the device's default
         (:func:`default_batch_size`). ``fresh=(seed, k)``: augmented pass ``k`` of run seed
         ``seed`` (``data.fresh_views``) under the backbone's train transform, keyed by (image
-        fingerprint, policy, seed, pass): a second method on the same images hits it."""
+        fingerprint, policy, seed, pass): a second method on the same images hits it (computed
+        by :meth:`encode_passes`; the images must be readable, ``skip_bad`` does not apply)."""
+        if fresh is not None:
+            seed, k = int(fresh[0]), int(fresh[1])
+            return self.encode_passes(backbone, ds, idx, seed, [k], batch_size, workers, progress,
+                                      desc)[k], []
         idx = list(idx)
         path = self.root / f"{self.key(backbone, ds, view, fresh)}.safetensors"
         pos, cached = self._load(path, backbone.embed_dim) if self.enabled else ({}, None)
@@ -205,19 +201,15 @@ class FeatureCache:
         new_feats: dict[int, torch.Tensor] = {}
         bad: list[int] = []
         if missing:
-            t = backbone.train_preprocess if view > 0 or fresh is not None else backbone.preprocess
+            t = backbone.train_preprocess if view > 0 else backbone.preprocess
             dev = backbone.device
             batch_size = int(batch_size or default_batch_size(dev, backbone))
             loader = torch.utils.data.DataLoader(
-                _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad, fresh),
-                batch_size=batch_size,
+                _ImageDS(ds, [idx[j] for j in missing], t, view, skip_bad), batch_size=batch_size,
                 num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
             dtype = autocast_dtype(self.precision, dev.type)
-            # a fresh pass is encoded in the middle of training: the loader's own seed draw must
-            # not move the caller's RNG either
-            keep_rng = torch.random.fork_rng(devices=[]) if fresh is not None else nullcontext()
-            with keep_rng, torch.inference_mode(), tqdm(total=len(missing), desc=desc,
-                                                         disable=not progress, leave=False) as bar:
+            with torch.inference_mode(), tqdm(total=len(missing), desc=desc, disable=not progress,
+                                              leave=False) as bar:
                 for xs, js, bad_js in loader:
                     bad += [idx[missing[j]] for j in bad_js]
                     if xs is not None:
