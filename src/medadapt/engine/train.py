@@ -260,7 +260,6 @@ class Engine:
         total = c["epochs"] * steps_per_epoch
         warm = min(c["warmup_epochs"] * steps_per_epoch, max(total - 1, 0))
         amp_dtype = self.amp_dtype()
-        use_amp = amp_dtype is not None
         # gradient scaling for fp16 only (bf16 has fp32's exponent range)
         scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype is torch.float16)
         start_epoch, history = 0, []
@@ -288,7 +287,7 @@ class Engine:
         set_backbone_mode(method, c["backbone_mode"] == "train")
         method.train()
         try:
-            history = self._epochs(method, train, val, opt, scaler, use_amp, params, start_epoch,
+            history = self._epochs(method, train, val, opt, scaler, amp_dtype, params, start_epoch,
                                    history, steps_per_epoch, total, warm, bar, ckpt, state_path)
         finally:
             set_backbone_mode(method, False)
@@ -302,10 +301,9 @@ class Engine:
                 self.tracker.log_scalars({"val/accuracy": info["val_accuracy"]}, c["epochs"])
         return info
 
-    def _epochs(self, method, train, val, opt, scaler, use_amp, params, start_epoch, history,
+    def _epochs(self, method, train, val, opt, scaler, amp_dtype, params, start_epoch, history,
                 steps_per_epoch, total, warm, bar, ckpt, state_path) -> list:
         c = self.cfg
-        amp_dtype = self.amp_dtype()
         step = start_epoch * steps_per_epoch
         for epoch in range(start_epoch, c["epochs"]):
             losses = []
@@ -313,7 +311,7 @@ class Engine:
                                       draw=self._first_draw + epoch):
                 for g in opt.param_groups:
                     g["lr"] = self.lr(epoch, step, total, warm)
-                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss, parts = method.loss(batch)
                 if not torch.isfinite(loss):
                     bar.close()
