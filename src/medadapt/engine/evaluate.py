@@ -215,7 +215,8 @@ def evaluate_run(run: str | Path, dataset: str | DataSet | None = None, progress
 
 def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, memo: dict) -> dict:
     within = None
-    if dataset is None:  # the run's own data set: its classes bound the run's, checked before building
+    if not isinstance(dataset, DataSet) and not dataset:
+        # the run's own data set: its classes bound the run's, checked before building
         try:
             cfg0 = load_yaml(run / "config.yaml")
         except UserError:
@@ -233,9 +234,6 @@ def _evaluate_seed(run: Path, sdir: Path, dataset: str | None, progress: bool, m
         spec, memo[dataset.name] = dataset.name, dataset
     else:
         spec = dataset or cfg["dataset"]
-        if not dataset and str(spec).startswith(MEMORY_PREFIX):
-            raise UserError(f"{run} was fitted on an in-memory data set ({spec}); pass the data "
-                            "set to evaluate on (Run.evaluate(dataset), or --dataset SPEC)")
     if spec not in memo:
         memo[spec] = load_dataset(spec, **(dataset_options(cfg) if not dataset else {}))
     ds = memo[spec]
