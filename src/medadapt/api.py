@@ -14,11 +14,10 @@ message the command line prints. See docs/api.md.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -92,24 +91,6 @@ def load_backbone(name: str, device: str = "auto"):
 
 # ------------------------------------------------------------------------------------------------
 # fit
-def _nest(settings: dict) -> dict:
-    """``{"train.lr": 0.01, "method": {"n_ctx": 4}}`` -> nested; dotted keys split on '.'."""
-    from medadapt.config import deep_update
-    out: dict = {}
-    for k, v in (settings or {}).items():
-        if not isinstance(k, str):
-            raise UserError(f"settings keys must be strings, got {k!r}")
-        parts = k.split(".")
-        node: dict = {}
-        cur = node
-        for p in parts[:-1]:
-            cur[p] = {}
-            cur = cur[p]
-        cur[parts[-1]] = v
-        out = deep_update(out, node)
-    return out
-
-
 def fit(backbone: str | None = None, dataset=None, method: str | None = None,
         shots: int | None = None, seeds: int | Sequence[int] | None = None,
         out: str | os.PathLike | None = None, *, settings: dict | None = None,
@@ -127,8 +108,9 @@ def fit(backbone: str | None = None, dataset=None, method: str | None = None,
     the other arguments. ``protocol``: ``few-shot`` (default), ``base-to-novel``, ``cross-domain``.
     ``log``: ``"tensorboard"``, ``"wandb"``, ``"mlflow"`` or a list of them.
     """
-    from medadapt.config import deep_update, load_yaml, normalise
+    from medadapt.config import load_yaml, normalise
     from medadapt.data.dataset import DataSet
+    from medadapt.engine.grid import apply_overrides
     from medadapt.engine.runner import Runner
     if out is None:
         raise UserError("fit needs out=FOLDER: the run folder to create")
@@ -142,7 +124,10 @@ def fit(backbone: str | None = None, dataset=None, method: str | None = None,
         cfg = {}
     if settings is not None and not isinstance(settings, dict):
         raise UserError(f"settings must be a mapping, got {type(settings).__name__}")
-    cfg = deep_update(cfg, _nest(settings or {}))
+    bad = [k for k in (settings or {}) if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"settings keys must be strings, got {bad[0]!r}")
+    cfg = apply_overrides(cfg, settings)  # nested or dotted keys, as a bench grid's set:
     if backbone is not None:
         cfg["backbone"] = backbone
     if method is not None:
@@ -289,11 +274,10 @@ class Run:
         picks one). ``skip_bad``: an unreadable file gets a row of NaN probabilities and the
         prediction ``""`` instead of raising."""
         import torch
-        from tqdm.auto import tqdm
 
         from medadapt.data.dataset import open_rgb, pixel_limit
         from medadapt.data.memory import _as_rgb
-        from medadapt.engine.predict import predict_inputs, score_pixels
+        from medadapt.engine.predict import predict_inputs, predict_pass
         items = self._items(inputs)
         if not items:
             raise UserError("predict: no images given")
@@ -304,6 +288,11 @@ class Run:
                     expanded.append((str(f), f))
             else:
                 expanded.append((f"<image {i}>", x))
+
+        def open_item(j: int):
+            label, x = expanded[j]
+            return open_rgb(str(x)) if isinstance(x, Path) else _as_rgb(x, label)
+
         names = self.classes
         total = np.zeros((len(expanded), len(names)), dtype=np.float64)
         extras: list[dict] = [{} for _ in expanded]
@@ -313,28 +302,15 @@ class Run:
         with torch.no_grad(), pixel_limit(limit):
             for k, (d, backbone, method) in enumerate(self._models(seed)):
                 n_models += 1
-                for s in tqdm(range(0, len(expanded), batch_size), disable=not progress,
-                              desc="predict"):
-                    ok, px = [], []
-                    for j in range(s, min(s + batch_size, len(expanded))):
-                        if j in bad:
-                            continue
-                        label, x = expanded[j]
-                        try:
-                            img = open_rgb(str(x)) if isinstance(x, Path) else _as_rgb(x, label)
-                            px.append(backbone.preprocess(img))
-                            ok.append(j)
-                        except UserError as e:
-                            if not skip_bad:
-                                raise
-                            bad[j] = str(e)
-                    if not px:
-                        continue
-                    pr, ex = score_pixels(method, backbone, px)
-                    total[ok] += pr
+                for probs, ex, errs in predict_pass(method, backbone, len(expanded), open_item,
+                                                    batch_size, skip_bad, progress, "predict",
+                                                    skip=bad):
+                    for j, pr in probs.items():
+                        total[j] += pr
                     if k == 0:
-                        for j, e in zip(ok, ex):
+                        for j, e in ex.items():
                             extras[j] = dict(e)
+                    bad.update(errs)
         total /= max(1, n_models)
         preds = []
         for j in range(len(expanded)):

@@ -78,30 +78,30 @@ def predict_seed_dirs(run: str | Path, seed: int | None = None) -> list[Path]:
     return [have[seed]]
 
 
-def _predict_pass(method, backbone, files, batch_size, skip_bad, progress, desc, skip=()):
-    """One model over ``files`` in batches: yields (chunk, {file: probs}, {file: extras},
-    {file: error})."""
-    from medadapt.data.dataset import open_rgb
-    for s in tqdm(range(0, len(files), batch_size), disable=not progress, desc=desc):
-        chunk = files[s:s + batch_size]
+def predict_pass(method, backbone, n: int, open_item, batch_size: int, skip_bad: bool,
+                 progress: bool, desc: str, skip=()):
+    """One model over items ``0 .. n-1`` in batches; ``open_item(j)`` gives item ``j`` as an RGB
+    image (a ``UserError`` when it cannot). Yields ({j: probs}, {j: extras}, {j: error}) per
+    batch; items in ``skip`` are passed over."""
+    for s in tqdm(range(0, n, batch_size), disable=not progress, desc=desc):
         ok, imgs, errors = [], [], {}
-        for f in chunk:
-            if f in skip:
+        for j in range(s, min(s + batch_size, n)):
+            if j in skip:
                 continue
             try:
-                imgs.append(backbone.preprocess(open_rgb(str(f))))
-                ok.append(f)
+                imgs.append(backbone.preprocess(open_item(j)))
+                ok.append(j)
             except UserError as e:
                 if not skip_bad:
                     raise
-                errors[f] = str(e)
+                errors[j] = str(e)
         probs, extras = {}, {}
         if imgs:
             pr, ex = score_pixels(method, backbone, imgs)
             del imgs
             probs = dict(zip(ok, pr))
             extras = dict(zip(ok, ex))
-        yield chunk, probs, extras, errors
+        yield probs, extras, errors
 
 
 @torch.no_grad()
@@ -145,8 +145,8 @@ def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None
         raise UserError(f"--out {out}: folder {out.parent} is not writable")
     if out.exists():
         check_replaceable_predictions(out, files)
+    from medadapt.data.dataset import open_rgb
     sdirs = predict_seed_dirs(run, seed)
-    index = {f: j for j, f in enumerate(files)}
     total = None
     extras: dict = {}
     errors: dict = {}
@@ -161,12 +161,13 @@ def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None
                 total = np.zeros((len(files), len(names)), dtype=np.float64)
             with pixel_limit(limit):
                 desc = "predict" if len(sdirs) == 1 else f"predict (seed {_seed_of(sdir)})"
-                for chunk, probs, ex, errs in _predict_pass(method, backbone, files, batch_size,
-                                                            skip_bad, progress, desc, errors):
-                    for f, p in probs.items():
-                        total[index[f]] += p
+                for probs, ex, errs in predict_pass(method, backbone, len(files),
+                                                    lambda j: open_rgb(str(files[j])), batch_size,
+                                                    skip_bad, progress, desc, errors):
+                    for j, p in probs.items():
+                        total[j] += p
                     if k == 0:
-                        extras.update({f: e for f, e in ex.items() if e})
+                        extras.update({j: e for j, e in ex.items() if e})
                         errors.update(errs)
             del method, backbone
     total /= len(sdirs)
@@ -181,10 +182,10 @@ def predict_paths(run: str | Path, inputs: list[str], out_csv: str | Path | None
             w = csv.writer(fh)
             w.writerow(header)
             for j, f in enumerate(files):
-                if f in errors:
-                    w.writerow([str(f), ""] + [""] * (len(names) + len(extra_cols)) + [errors[f]])
+                if j in errors:
+                    w.writerow([str(f), ""] + [""] * (len(names) + len(extra_cols)) + [errors[j]])
                     continue
-                p, e = total[j], extras.get(f, {})
+                p, e = total[j], extras.get(j, {})
                 row = [str(f), names[int(np.argmax(p))]] + [f"{v:.6f}" for v in p] + \
                     [e.get(c, "") for c in extra_cols]
                 w.writerow(row + ([""] if skip_bad else []))
