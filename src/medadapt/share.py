@@ -115,10 +115,10 @@ def check_backbone_here(folder: Path, label: str) -> None:
             raise UserError(f"{label} needs the backbone {spec!r} ({info.source}), which is not on "
                             f"this machine: get it with {how_to_get(info)}")
         return
-    kind, sep, src = spec.partition(":")
-    if not (sep and kind in ("open_clip", "hf", "conch", "hf-hub", "pmc_clip", "local-dir")):
-        src = spec
-    for prefix in ("hf-hub:", "hf_hub:", "local-dir:"):
+    from medadapt.engine.resolve import split_backbone_prefix
+    kind = spec.partition(":")[0]
+    _, src = split_backbone_prefix(spec)
+    for prefix in ("hf-hub:", "hf_hub:"):
         if src.startswith(prefix):
             src = src[len(prefix):]
     if Path(src).expanduser().is_dir():
