@@ -41,8 +41,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from medadapt.config import PROTOCOLS
 from medadapt.errors import UserError
 
 RECIPE_KEYS = {"name", "extends", "title", "paper", "paper_text", "reference", "trainer_dirs",
@@ -50,7 +49,6 @@ RECIPE_KEYS = {"name", "extends", "title", "paper", "paper_text", "reference", "
                "methods", "settings", "notes"}
 WHEN_KEYS = {"methods", "datasets", "protocols", "shots"}
 SECTIONS = ("method", "train", "data", "texts")
-PROTOCOLS = ("few-shot", "base-to-novel", "cross-domain")
 # the reference's trainer folder per method name ("<METHOD>" in a source)
 DEFAULT_TRAINER_DIRS = {"coop": "CoOp", "cocoop": "CoCoOp", "kgcoop": "KgCoOp",
                         "prograd": "ProGrad", "biomedcoop": "BiomedCoOp",
@@ -262,14 +260,8 @@ class Recipe:
 # ------------------------------------------------------------------------------------------------
 # loading
 def _read(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    except OSError as e:
-        raise UserError(f"cannot read recipe {path}: {e.strerror or e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a recipe is a YAML mapping")
+    from medadapt.config import read_yaml_mapping  # bounded: a recipe file may come from anyone
+    data = read_yaml_mapping(path, "recipe", allow_empty=False)
     bad = set(data) - RECIPE_KEYS
     if bad:
         raise UserError(f"{path}: unknown recipe keys {sorted(bad)}; valid: {sorted(RECIPE_KEYS)}")
