@@ -46,10 +46,10 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from medadapt.config import read_yaml_mapping
 from medadapt.errors import UserError
-from medadapt.safeio import check_name, load_yaml, make_dir, replacing, save_figure, short, write_text
+from medadapt.safeio import check_name, make_dir, replacing, save_figure, short, write_text
 
 PUBLISHED_DIR = "published"
 TABLE_KEYS = {"name", "paper", "table", "citation", "source", "protocol", "backbone", "metric",
@@ -76,12 +76,7 @@ def load_table(name_or_path: str | Path) -> dict:
                             f"{', '.join(available_tables())} (or pass a YAML file)")
     if not p.exists():
         raise UserError(f"published table not found: {p}")
-    try:
-        t = load_yaml(p.read_text(encoding="utf-8"))  # alias / size / depth budget
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: invalid YAML ({short(str(e).splitlines()[0], 160)})") from None
-    if not isinstance(t, dict):
-        raise UserError(f"{p}: a published table is a YAML mapping")
+    t = read_yaml_mapping(p, "published table", allow_empty=False)  # alias / size / depth budget
     bad = set(t) - TABLE_KEYS
     if bad:
         raise UserError(f"{p}: unknown keys {sorted(bad)}; valid: {sorted(TABLE_KEYS)}")
