@@ -24,18 +24,22 @@ def _v(v) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
-def summary_line(r) -> str:
+def _counts(r) -> tuple[int, int]:
+    """(run folders, seed runs) of recipe ``r``."""
     runs = r.grid()
-    seeds = sum(len(r.method_seeds(r.method(m))) for _, _, m, _ in runs)
+    return len(runs), sum(len(r.method_seeds(r.method(m))) for _, _, m, _ in runs)
+
+
+def summary_line(r) -> str:
+    runs, seeds = _counts(r)
     return (f"{r.name:32s} {r.title} [{len(r.datasets)} data sets, {len(r.methods)} methods, "
-            f"{len(runs)} runs, {seeds} seeds]")
+            f"{runs} runs, {seeds} seeds]")
 
 
 def describe(name: str) -> str:
     from medadapt.recipes import load_recipe
     r = load_recipe(name)
-    runs = r.grid()
-    seeds = sum(len(r.method_seeds(r.method(m))) for _, _, m, _ in runs)
+    runs, seeds = _counts(r)
     lines = [f"{r.name}: {r.title}"]
     if r.data.get("paper"):
         lines.append(f"  paper:      {r.data['paper']}")
@@ -62,7 +66,7 @@ def describe(name: str) -> str:
             extra.append(f"seeds {_v(m.seeds)}")
         lines.append(f"    {m.name:14s} {'; '.join(extra)}"
                      + (f"   source: {r.source_text(m.source, m.name)}" if m.source else ""))
-    lines.append(f"  grid: {len(runs)} run folders, {seeds} seeds "
+    lines.append(f"  grid: {runs} run folders, {seeds} seeds "
                  f"(each run's settings: medadapt methods METHOD --recipe {r.name} --dataset D)")
     ss = r.sample_seed_methods()
     if ss:
