@@ -38,6 +38,17 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
+# tracker -> (the package it needs, how to install it)
+PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard"),
+            "wandb": ("wandb", "pip install 'medadapt[wandb]'"),
+            "mlflow": ("mlflow", "pip install 'medadapt[mlflow]'")}
+
+
+def _missing(name: str) -> UserError:
+    mod, how = PACKAGES[name]
+    return UserError(f"--log {name} needs the {mod} package: {how}")
+
+
 def _finite(values: dict) -> dict[str, float]:
     out = {}
     for k, v in values.items():
@@ -53,8 +64,7 @@ class TensorBoardTracker:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("--log tensorboard needs the tensorboard package: "
-                            "pip install tensorboard") from None
+            raise _missing("tensorboard") from None
         self.logdir = Path(logdir)
         # inside the run folder; a folder on the way planted as a link is refused (issue 21)
         from medadapt.safeio import make_dir
@@ -86,8 +96,7 @@ class WandbTracker:
         try:
             import wandb
         except ImportError:
-            raise UserError("--log wandb needs the wandb package: pip install 'medadapt[wandb]' "
-                            "(or pip install wandb)") from None
+            raise _missing("wandb") from None
         self.run = wandb.init(name=name, group=group, config=config or {}, reinit=True)
 
     def log_scalars(self, values: dict[str, float], step: int) -> None:
@@ -106,8 +115,7 @@ class MlflowTracker:
         try:
             import mlflow
         except ImportError:
-            raise UserError("--log mlflow needs the mlflow package: pip install 'medadapt[mlflow]' "
-                            "(or pip install mlflow)") from None
+            raise _missing("mlflow") from None
         self.mlflow = mlflow
         self.run = mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None)
         if config:
@@ -164,13 +172,9 @@ def check_names(names) -> list[str]:
 def check_available(names: list[str]) -> None:
     """Refuse before training starts when a tracker's package is missing."""
     import importlib.util
-    need = {"tensorboard": ("tensorboard", "pip install tensorboard"),
-            "wandb": ("wandb", "pip install 'medadapt[wandb]'"),
-            "mlflow": ("mlflow", "pip install 'medadapt[mlflow]'")}
     for n in names:
-        mod, how = need[n]
-        if importlib.util.find_spec(mod) is None:
-            raise UserError(f"--log {n} needs the {mod} package: {how}")
+        if importlib.util.find_spec(PACKAGES[n][0]) is None:
+            raise _missing(n)
 
 
 def make_tracker(names: list[str], run_dir: Path, name: str, seed_label: str,
