@@ -32,10 +32,15 @@ def _as_rgb(img: Any, where: str) -> Image.Image:
                     f"got {type(img).__name__}")
 
 
+def _label_list(labels) -> list:
+    """Labels as a flat list (a numpy array of shape (N,) or MedMNIST's (N, 1) included)."""
+    return np.asarray(labels).reshape(-1).tolist() if isinstance(labels, np.ndarray) \
+        else list(labels)
+
+
 def _labels(labels: Sequence, classnames: Sequence[str] | None, n: int,
             where: str) -> tuple[list[int], list[str]]:
-    labels = list(np.asarray(labels).reshape(-1).tolist()) if isinstance(labels, np.ndarray) \
-        else list(labels)
+    labels = _label_list(labels)
     if len(labels) != n:
         raise UserError(f"{where}: {n} images but {len(labels)} labels")
     if not labels:
@@ -97,8 +102,7 @@ def from_memory(images=None, labels=None, classnames: Sequence[str] | None = Non
                 raise UserError(f"split {s!r}: expected (images, labels)")
             imgs, labs = part
             imgs = list(imgs)
-            labs = list(np.asarray(labs).reshape(-1).tolist()) if isinstance(labs, np.ndarray) \
-                else list(labs)
+            labs = _label_list(labs)
             if len(imgs) != len(labs):
                 raise UserError(f"split {s!r}: {len(imgs)} images but {len(labs)} labels")
             all_imgs += imgs
