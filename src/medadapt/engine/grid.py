@@ -8,10 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from medadapt.config import apply_sets, deep_update, normalise
-from medadapt.engine.rundir import flat_keys
+from medadapt.engine.rundir import flat_diff
 from medadapt.errors import UserError
 
 # config keys that may differ between a finished run and the grid without making it stale
@@ -94,12 +92,4 @@ class RunSpec:
 
 def config_diff(stored: dict, wanted: dict) -> list[str]:
     """Dotted keys whose values differ (ignoring device, seeds, loader settings)."""
-    a = flat_keys(yaml.safe_load(yaml.safe_dump(stored)))
-    b = flat_keys(yaml.safe_load(yaml.safe_dump(wanted)))
-    keys = sorted(set(a) | set(b))
-    diff = [k for k in keys if not any(k == i or k.startswith(i + ".") for i in _IGNORED_DIFF)
-            and a.get(k) != b.get(k)]
-    old_seeds, new_seeds = stored.get("seeds") or [], wanted.get("seeds") or []
-    if (len(old_seeds) > 1) != (len(new_seeds) > 1):
-        diff.append("seeds (single-seed vs several-seed folder layout)")
-    return diff
+    return flat_diff(stored, wanted, _IGNORED_DIFF)

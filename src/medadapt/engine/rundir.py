@@ -167,19 +167,28 @@ def flat_keys(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_diff(stored: dict, wanted: dict) -> list[str]:
-    """Dotted keys whose values differ between a stored and a new resolved config."""
+def flat_diff(stored: dict, wanted: dict, ignored: tuple[str, ...],
+              stored_keys_only: bool = False) -> list[str]:
+    """Dotted keys whose values differ between two configs, leaving out the keys under
+    ``ignored``; ``stored_keys_only``: a key ``stored`` lacks is no difference. A change between a
+    single-seed and a several-seed folder layout is always one."""
     import yaml
     a = flat_keys(yaml.safe_load(yaml.safe_dump(stored)))
     b = flat_keys(yaml.safe_load(yaml.safe_dump(wanted)))
-    # a key the stored config lacks comes from a newer medadapt (it resolves every key): not a diff
     diff = [k for k in sorted(set(a) | set(b))
-            if not any(k == i or k.startswith(i + ".") for i in RESUME_IGNORED + ("seeds",))
-            and k in a and a.get(k) != b.get(k)]
+            if not any(k == i or k.startswith(i + ".") for i in ignored)
+            and (k in a or not stored_keys_only) and a.get(k) != b.get(k)]
     old, new = list(stored.get("seeds") or []), list(wanted.get("seeds") or [])
-    if old != new and (len(old) > 1) != (len(new) > 1):
+    if (len(old) > 1) != (len(new) > 1):
         diff.append("seeds (single-seed vs several-seed folder layout)")
     return diff
+
+
+def config_diff(stored: dict, wanted: dict) -> list[str]:
+    """Dotted keys whose values differ between a stored and a new resolved config (``--resume``);
+    a key the stored config lacks comes from a newer medadapt (it resolves every key): not a
+    diff."""
+    return flat_diff(stored, wanted, RESUME_IGNORED + ("seeds",), stored_keys_only=True)
 
 
 # ------------------------------------------------------------------------------------------------
