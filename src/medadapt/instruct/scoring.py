@@ -288,8 +288,21 @@ def llava_med_prepare(text: str) -> str:
 
 
 def _lm_words(text: str) -> Counter:
-    """utils.py ``split_sentence(text, 1)``: word counts of the lower-cased, whitespace-split text."""
-    return Counter(text.lower().split())
+    """utils.py ``split_sentence(text, 1)`` of a text as ``calculate_f1score`` /
+    ``calculate_exactmatch`` see it (normalised twice: :func:`llava_med_prepare` in ``evaluate``,
+    then ``normalize_word`` again): word counts of the lower-cased, whitespace-split text."""
+    return Counter(llava_med_normalize(llava_med_prepare(text)).lower().split())
+
+
+def _nltk_bleu1(ref: list[str], hyp: list[str]) -> float:
+    """nltk ``sentence_bleu([ref], hyp, weights=(1, 0, 0, 0))``, no smoothing, warnings off."""
+    import warnings
+
+    from nltk.translate.bleu_score import sentence_bleu
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(sentence_bleu([ref], hyp, weights=(1, 0, 0, 0)))
 
 
 def llava_med_prf(pred: str, ref: str) -> tuple[float, float, float]:
@@ -302,8 +315,7 @@ def llava_med_prf(pred: str, ref: str) -> tuple[float, float, float]:
     fn = R[w] of reference words absent from the answer; precision = tp / (tp + fp), recall =
     tp / (tp + fn); (0, 0, 0) when either text is empty or tp = 0.
     """
-    c = _lm_words(llava_med_normalize(llava_med_prepare(pred)))
-    r = _lm_words(llava_med_normalize(llava_med_prepare(ref)))
+    c, r = _lm_words(pred), _lm_words(ref)
     if not c or not r:
         return 0.0, 0.0, 0.0
     tp = sum(n for w, n in c.items() if w in r)
@@ -320,8 +332,7 @@ def llava_med_exact_match(pred: str, ref: str) -> float:
     same double normalisation as :func:`llava_med_prf`): the number of *distinct* reference words
     found in the answer divided by the answer's word count (with repeats); 0 for an empty answer.
     Not string equality: "carcinoma" for "squamous cell carcinoma" scores 1."""
-    c = _lm_words(llava_med_normalize(llava_med_prepare(pred)))
-    r = _lm_words(llava_med_normalize(llava_med_prepare(ref)))
+    c, r = _lm_words(pred), _lm_words(ref)
     total = sum(c.values())
     return sum(1 for w in r if w in c) / total if total else 0.0
 
@@ -330,14 +341,7 @@ def llava_med_bleu1(pred: str, ref: str) -> float:
     """LLaVA-Med's ``bleu_score_1`` of one answer: nltk ``sentence_bleu([ref], pred,
     weights=(1, 0, 0, 0))`` on the whitespace tokens of the *once*-normalised, lower-cased texts
     (:func:`llava_med_prepare`; no smoothing)."""
-    import warnings
-
-    from nltk.translate.bleu_score import sentence_bleu
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(sentence_bleu([llava_med_prepare(ref).lower().split()],
-                                   llava_med_prepare(pred).lower().split(), weights=(1, 0, 0, 0)))
+    return _nltk_bleu1(llava_med_prepare(ref).lower().split(), llava_med_prepare(pred).lower().split())
 
 
 def llava_med_closed_correct(pred: str, ref: str) -> bool:
@@ -402,16 +406,8 @@ def strict_bleu1(pred: str, ref: str) -> float:
     """medadapt's strict BLEU-1 of one answer: nltk ``sentence_bleu([ref], pred, weights=(1, 0, 0,
     0))`` on the raw lower-cased whitespace tokens, punctuation left on its word ("cells." is not
     "cells"); 0 when either side is empty."""
-    import warnings
-
-    from nltk.translate.bleu_score import sentence_bleu
-
     hyp, r = pred.lower().split(), ref.lower().split()
-    if not hyp or not r:
-        return 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(sentence_bleu([r], hyp, weights=(1, 0, 0, 0)))
+    return _nltk_bleu1(r, hyp) if hyp and r else 0.0
 
 
 sentence_bleu1 = strict_bleu1  # old name
