@@ -26,14 +26,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 # TRAIN_DEFAULTS (the engine settings, config section ``train``) live in medadapt.config
-from medadapt.config import TRAIN_DEFAULTS  # noqa: F401 (re-exported)
+from medadapt.config import ENUMS, TRAIN_DEFAULTS  # noqa: F401 (TRAIN_DEFAULTS re-exported)
 from medadapt.data.dataset import DataSet
 from medadapt.errors import TrainingError
 from medadapt.methods.base import Batch, Method
 
 
 
-AMP_DTYPES = ("auto", "fp16", "bf16")
+AMP_DTYPES = ENUMS["train.amp_dtype"]  # auto | fp16 | bf16, the one list the schema checks too
 
 
 @dataclass
