@@ -310,7 +310,6 @@ def fetch_tokenizer() -> Path | None:
     """The tokenizer file from medadapt's cache, fetched once (from the pinned commit, sha256
     checked) when it is not there and the network is on. ``None`` offline (``HF_HUB_OFFLINE=1``)
     or when the download fails; bytes with another sha256 are refused and nothing is cached."""
-    import os
     dest = cached_tokenizer_path()
     if dest.is_file():
         if _sha256(dest.read_bytes()) == TOKENIZER_SHA256:
@@ -330,13 +329,8 @@ def fetch_tokenizer() -> Path | None:
                         f"was cached); put conch_byte_level_bpe_uncased.json ({TOKENIZER_URL}) next "
                         f"to {WEIGHTS} instead")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from medadapt.safeio import write_bytes
+    write_bytes(dest, data)  # a temporary file beside it, renamed into place when complete
     return dest
 
 
