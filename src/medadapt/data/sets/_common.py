@@ -32,13 +32,6 @@ def _root(root, name: str, file_ok: bool = False) -> Path:
     return p
 
 
-def _inside(root, rel, what: str) -> str:
-    """A path read from a data set's own files, refused unless relative and inside ``root``
-    (every reader uses this one rule: split files, meta.csv, annotation XML)."""
-    from medadapt.safeio import inside_root
-    return inside_root(root, rel, what)
-
-
 def _check_options(name: str, unknown: dict, valid: Iterable[str]) -> None:
     if unknown:
         raise UserError(f"{name}: unknown option(s) {sorted(unknown)}; valid: "

@@ -9,9 +9,10 @@ from PIL import Image
 
 from medadapt.data.catalog import DATASETS, DatasetInfo
 from medadapt.data.dataset import DataSet, Record, files_fingerprint
-from medadapt.data.sets._common import _check_options, _find_dir, _hash, _inside, _root
+from medadapt.data.sets._common import _check_options, _find_dir, _hash, _root
 from medadapt.data.dataset import open_rgb
 from medadapt.errors import UserError
+from medadapt.safeio import inside_root  # one rule for every reader: inside the root
 
 # --------------------------------------------------------------------------------------------
 # BCCD single cells: BCCD/{Annotations,JPEGImages,ImageSets/Main} (Pascal VOC), boxes cropped
@@ -86,7 +87,7 @@ def build_bccd_cells(root, margin: int = 0, min_size: int = 2, **unknown) -> Dat
             raise UserError(f"{name}: annotation {xml} listed in ImageSets/Main not found") from None
         except ET.ParseError as e:
             raise UserError(f"{name}: corrupt annotation {xml}: {e}") from None
-        fn = _inside(d / "JPEGImages", (ann.findtext("filename") or f"{stem}.jpg").strip(),
+        fn = inside_root(d / "JPEGImages", (ann.findtext("filename") or f"{stem}.jpg").strip(),
                      f"{name}: {xml}: <filename>")
         rel = f"JPEGImages/{fn}"
         files += [f"Annotations/{stem}.xml", rel]

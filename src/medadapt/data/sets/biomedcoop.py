@@ -35,8 +35,9 @@ from pathlib import Path
 
 from medadapt.data.catalog import DATASETS, DatasetInfo
 from medadapt.data.dataset import DataSet, Record
-from medadapt.data.sets._common import SEARCH_DEPTH, _check_options, _FileLoader, _find_dir, _inside, _root
+from medadapt.data.sets._common import SEARCH_DEPTH, _check_options, _FileLoader, _find_dir, _root
 from medadapt.errors import UserError
+from medadapt.safeio import inside_root  # one rule for every reader: inside the root
 
 BIOMEDCOOP_COMMIT = "7ceb5a8"  # HealthX-Lab/BiomedCoOp, folder data/ (the split files)
 SPLIT_URL = ("https://raw.githubusercontent.com/HealthX-Lab/BiomedCoOp/"
@@ -250,7 +251,7 @@ def read_split_file(path: str | Path, name: str = "split file") -> dict[str, lis
                 raise UserError(f"{p}: {split}[{i}] must be [relative path, label, class name], "
                                 f"got {it!r}")
             rel, y, cname = it
-            _inside(p.parent, rel, f"{p}: {split}[{i}]")  # the rule every reader shares
+            inside_root(p.parent, rel, f"{p}: {split}[{i}]")  # the rule every reader shares
             if name_of.setdefault(y, cname) != cname:
                 raise UserError(f"{p}: label {y} is named both {name_of[y]!r} and {cname!r}")
             rows.append((rel, y, cname))

@@ -6,8 +6,9 @@ import csv
 
 from medadapt.data.catalog import DATASETS, DatasetInfo
 from medadapt.data.dataset import DataSet, Record, files_fingerprint
-from medadapt.data.sets._common import _FileLoader, _check_options, _find_dir, _hash, _inside, _root
+from medadapt.data.sets._common import _FileLoader, _check_options, _find_dir, _hash, _root
 from medadapt.errors import UserError
+from medadapt.safeio import inside_root  # one rule for every reader: inside the root
 
 # --------------------------------------------------------------------------------------------
 # Derm7pt: release_v0/meta/{meta,train_indexes,valid_indexes,test_indexes}.csv, release_v0/images
@@ -133,7 +134,7 @@ def build_derm7pt(root, classes: str = "nevus-melanoma", image: str = "derm",
                 raise UserError(f"{meta_csv}:{i + 2}: unknown {crit} value {row.get(crit)!r}; "
                                 f"expected one of {sorted(values)}")
             concepts.append(values[v])
-        img = _inside(d / "images", (row[image] or "").strip(), f"{meta_csv}:{i + 2}: {image}")
+        img = inside_root(d / "images", (row[image] or "").strip(), f"{meta_csv}:{i + 2}: {image}")
         records.append(Record(id=f"images/{img}", label=c, split=split_of[i],
                               concepts=tuple(concepts)))
     if not records:
